@@ -1,0 +1,57 @@
+"""Exceptions the middleware raises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+__all__ = ["ApiError", "DeadlineExceeded"]
+
+
+class ApiError(aiohttp.ClientResponseError):
+    """The final error response, raised when ``raise_api_errors=True``.
+
+    A ``ClientResponseError``, so ``except aiohttp.ClientResponseError`` still catches it; adds
+    what the code table and the retry loop know.
+    """
+
+    def __init__(
+        self,
+        request_info: aiohttp.RequestInfo,
+        history: Sequence[aiohttp.ClientResponse],
+        *,
+        status: int,
+        code: str | None,
+        detail: str | None,
+        retryable: bool,
+        request_id: str,
+        attempts: int,
+        server_request_id: str | None = None,
+        headers: Any = None,
+    ) -> None:
+        message = f"{code or 'HTTP ' + str(status)}: {detail}" if detail else (code or "")
+        super().__init__(
+            request_info, tuple(history), status=status, message=message, headers=headers
+        )
+        self.code = code
+        self.detail = detail
+        self.retryable = retryable
+        self.request_id = request_id
+        self.attempts = attempts
+        self.server_request_id = server_request_id
+
+
+class DeadlineExceeded(aiohttp.ClientError, TimeoutError):
+    """No attempt could be sent before ``max_elapsed``: the rate gate stayed closed, or no
+    concurrency permit came. A ``TimeoutError``.
+
+    ``attempts`` counts the attempts that were sent; ``last_status``/``last_code`` describe the
+    last answer (None when nothing was sent).
+    """
+
+    request_id: str | None = None
+    attempts: int = 0
+    last_status: int | None = None
+    last_code: str | None = None

@@ -1,0 +1,113 @@
+"""The per-attempt log event: its schema, credential redaction, and emitting it via structlog."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import structlog
+from yarl import URL
+
+__all__ = ["ATTEMPT_EVENT", "LIMIT_EVENT", "Outcome", "emit_attempt", "redact_url"]
+
+ATTEMPT_EVENT: Final = "resilience.attempt"
+"""The ``event`` value of every per-attempt log line."""
+
+LIMIT_EVENT: Final = "resilience.limit"
+"""The ``event`` value of the line logged when the adaptive concurrency limit changes."""
+
+GATE_EVENT: Final = "resilience.gate"
+"""The ``event`` value of the line logged when a rate gate closes."""
+
+STORE_EVENT: Final = "resilience.store"
+"""The ``event`` value of lines about a shared store (fallback, rejoin)."""
+
+
+class Outcome(str, enum.Enum):
+    """What the middleware did after an attempt (the ``outcome`` field)."""
+
+    OK = "ok"  # success, returned to the caller
+    RETRY = "retry"  # retryable failure; sending again after ``delay``
+    THROTTLED = "throttled"  # 429 plan or rate limit; sending again when allowed
+    NOT_READY = "not_ready"  # 425; polling again after ``delay``
+    GIVE_UP = "give_up"  # retryable, but stopping (see ``reason``); returned or raised
+    FAIL = "fail"  # not retryable; returned or raised
+
+
+_LEVELS: Final[Mapping[Outcome, str]] = {
+    Outcome.OK: "info",
+    Outcome.RETRY: "info",
+    Outcome.THROTTLED: "info",
+    Outcome.NOT_READY: "info",
+    Outcome.GIVE_UP: "warning",
+    Outcome.FAIL: "warning",
+}
+
+_SECRET_PARAMS: Final = (
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "auth",
+    "signature",
+    "sig",
+    "credential",
+    "session",
+)
+_REDACTED: Final = "REDACTED"
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower().replace("-", "_")
+    return any(part in lowered for part in _SECRET_PARAMS)
+
+
+def redact_url(url: URL) -> str:
+    """The URL as it may appear in logs: no userinfo, secret-looking query values replaced.
+
+    Any parameter whose name contains ``key``, ``token``, ``secret``, ``password``, ``auth``,
+    ``signature``, ``credential`` or ``session`` is replaced, whatever its case or separator.
+    """
+    if url.user is not None or url.password is not None:
+        url = url.with_user(None)
+    if url.query_string:
+        query = [(k, _REDACTED if _is_secret_param(k) else v) for k, v in url.query.items()]
+        url = url.with_query(query)
+    return str(url.with_fragment(None))
+
+
+_app_logger: Final = structlog.get_logger("resilience")
+# Until the application configures structlog, log at INFO and above only: structlog's default
+# prints everything, and a debug line per successful request costs more than the request.
+_quiet_logger: Final = structlog.wrap_logger(
+    None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO)
+)
+_override: list[Any] = []
+
+
+def set_logger(logger: Any | None) -> None:
+    """Route resilience's events to ``logger`` (a structlog bound logger); None undoes it."""
+    _override.clear()
+    if logger is not None:
+        _override.append(logger)
+
+
+def _logger() -> Any:
+    if _override:
+        return _override[0]
+    return _app_logger if structlog.is_configured() else _quiet_logger
+
+
+def emit_attempt(fields: dict[str, Any], outcome: Outcome, *, first_ok: bool) -> None:
+    """Log one attempt. A first-attempt success is DEBUG, so it costs ~2 µs when filtered."""
+    fields["outcome"] = outcome.value
+    level = "debug" if first_ok else _LEVELS[outcome]
+    getattr(_logger(), level)(ATTEMPT_EVENT, **fields)
+
+
+def emit(event: str, level: str, **fields: Any) -> None:
+    """Log a non-attempt event (limit changes, gate closures, store fallbacks)."""
+    getattr(_logger(), level)(event, **fields)

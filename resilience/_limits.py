@@ -1,0 +1,424 @@
+"""In-process throttling primitives: adaptive concurrency limit, rate gate and pacer, retry budget.
+
+Each class is pure bookkeeping plus, where it must wait, an anyio primitive. Time comes from an
+injectable monotonic clock so tests can drive the arithmetic without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+
+from ._events import LIMIT_EVENT, emit
+
+__all__ = [
+    "AdaptiveLimiter",
+    "ConcurrencyPermit",
+    "Cubic",
+    "RateClocker",
+    "RatePacer",
+    "RetryBudget",
+    "TokenBucket",
+]
+
+Clock = Callable[[], float]
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+@dataclass(slots=True, eq=False)
+class ConcurrencyPermit:
+    """One slot of the adaptive limiter, held while a request is on the wire."""
+
+    seq: int  # send order, to count what was in flight before this request
+    epoch: int  # the limiter's cut counter when the slot was taken
+    limit: int  # the limit when the slot was taken (for logs)
+    released: bool = False
+
+
+class AdaptiveLimiter:
+    """Loss-based AIMD concurrency limit on an anyio ``CapacityLimiter``.
+
+    * Starts at ``initial`` and doubles per round trip while the server accepts (slow start).
+    * A ``429 GENERATION_CONCURRENCY_EXCEEDED`` cuts the limit to the number of our requests
+      that were already in flight when the rejected one was sent (what the server had
+      admitted), and at least by one; only requests sent after the previous cut may cut again,
+      so a burst of 429s from one round trip cuts once.
+    * After the first cut, successes grow the limit by one per round trip (``1/limit`` each),
+      only while the limit is actually used (in flight * 2 >= limit, as Netflix's AIMDLimit).
+    * Never below ``floor`` (>= 1) nor above ``ceiling`` (None: no ceiling).
+    """
+
+    def __init__(
+        self,
+        *,
+        ceiling: int | None = None,
+        initial: int = 4,
+        floor: int = 1,
+        name: str = "default",
+    ) -> None:
+        if floor < 1:
+            raise ValueError(f"concurrency floor must be >= 1, got {floor!r}")
+        if ceiling is not None and ceiling < floor:
+            raise ValueError(f"max_concurrency must be >= {floor}, got {ceiling!r}")
+        if initial < floor:
+            raise ValueError(f"initial concurrency must be >= {floor}, got {initial!r}")
+        self.ceiling = ceiling
+        self.floor = floor
+        self.name = name
+        start = min(initial, ceiling) if ceiling is not None else initial
+        self._limit = start
+        self._limiter = anyio.CapacityLimiter(start)
+        self._epoch = 0
+        self._seq = 0
+        self._slow_start = True
+        self._growth = 0.0
+        self._in_flight: dict[ConcurrencyPermit, int] = {}
+        self._parked: deque[anyio.Event] = deque()
+
+    @property
+    def limit(self) -> int:
+        """The current limit."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        return self._limiter.statistics().tasks_waiting + len(self._parked)
+
+    async def acquire(self) -> ConcurrencyPermit:
+        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
+        await self._limiter.acquire_on_behalf_of(permit)
+        self._seq += 1
+        permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
+        self._in_flight[permit] = permit.seq
+        return permit
+
+    def release(self, permit: ConcurrencyPermit) -> None:
+        """Give the slot back; idempotent, safe from sync callbacks and ``finally`` blocks."""
+        if permit.released:
+            return
+        permit.released = True
+        self._in_flight.pop(permit, None)
+        self._limiter.release_on_behalf_of(permit)
+        while self._parked:
+            event = self._parked.popleft()
+            if not event.is_set():
+                event.set()
+                break
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Park until some request of ours completes (or ``timeout`` passes).
+
+        A request turned away by the plan limit resends when a slot frees, not on a timer; the
+        timeout only covers the case where none of ours is in flight (another client holds
+        the plan's slots).
+        """
+        event = anyio.Event()
+        self._parked.append(event)
+        try:
+            with anyio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+        finally:
+            if not event.is_set():
+                event.set()  # make a later release skip this stale entry
+
+    def on_success(self, permit: ConcurrencyPermit) -> None:
+        if self.ceiling is not None and self._limit >= self.ceiling:
+            return
+        if len(self._in_flight) * 2 < self._limit:
+            return  # not using what we have: no evidence the server takes more
+        if self._slow_start:
+            self._set_limit(self._limit + 1, "slow_start")
+            return
+        self._growth += 1.0 / self._limit
+        if self._growth >= 1.0:
+            self._growth = 0.0
+            self._set_limit(self._limit + 1, "grow")
+
+    def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
+        if permit.epoch != self._epoch:
+            return  # sent before the last cut: that cut already accounted for it
+        older = sum(1 for seq in self._in_flight.values() if seq < permit.seq)
+        self._slow_start = False
+        self._growth = 0.0
+        self._epoch += 1
+        self._set_limit(min(self._limit - 1, older), "cut")
+
+    def _set_limit(self, value: int, why: str) -> None:
+        value = max(self.floor, value)
+        if self.ceiling is not None:
+            value = min(self.ceiling, value)
+        if value == self._limit:
+            return
+        old, self._limit = self._limit, value
+        self._limiter.total_tokens = value
+        emit(LIMIT_EVENT, "info", limiter=self.name, old=old, new=value, why=why)
+
+
+# --------------------------------------------------------------------------- rate
+
+
+class Cubic:
+    """CUBIC rate calculator as in botocore's adaptive retry mode (``throttling.py``).
+
+    ``scale`` is CUBIC's C and ``beta`` the multiplicative decrease; botocore uses 0.4 / 0.7.
+    """
+
+    __slots__ = ("_beta", "_k", "_last_fail", "_scale", "_w_max")
+
+    def __init__(
+        self, starting_max_rate: float, start_time: float, scale: float = 0.4, beta: float = 0.7
+    ) -> None:
+        self._w_max = starting_max_rate
+        self._scale = scale
+        self._beta = beta
+        self._k = self._calculate_k()
+        self._last_fail = start_time
+
+    def _calculate_k(self) -> float:
+        return float((self._w_max * (1 - self._beta) / self._scale) ** (1 / 3))
+
+    @property
+    def k(self) -> float:
+        return self._k
+
+    def success_received(self, timestamp: float) -> float:
+        dt = timestamp - self._last_fail - self._k
+        return self._scale * dt**3 + self._w_max
+
+    def error_received(self, current_rate: float, timestamp: float) -> float:
+        self._w_max = current_rate
+        self._k = self._calculate_k()
+        self._last_fail = timestamp
+        return current_rate * self._beta
+
+
+class RateClocker:
+    """Measured response rate, smoothed per time bucket (botocore's ``RateClocker``)."""
+
+    __slots__ = ("_bucket", "_count", "_last_bucket", "_measured", "_smoothing")
+
+    def __init__(self, start_time: float, smoothing: float = 0.8, bucket: float = 0.5) -> None:
+        self._smoothing = smoothing
+        self._bucket = bucket
+        self._count = 0
+        self._measured = 0.0
+        self._last_bucket = math.floor(start_time)
+
+    @property
+    def measured_rate(self) -> float:
+        return self._measured
+
+    def record(self, timestamp: float) -> float:
+        bucket = math.floor(timestamp / self._bucket) * self._bucket
+        self._count += 1
+        if bucket > self._last_bucket:
+            current = self._count / (bucket - self._last_bucket)
+            self._measured = current * self._smoothing + self._measured * (1 - self._smoothing)
+            self._count = 0
+            self._last_bucket = bucket
+        return self._measured
+
+
+class TokenBucket:
+    """A token bucket whose fill rate can change; ``reserve()`` says how long to wait."""
+
+    __slots__ = ("_capacity", "_last", "_min_rate", "_rate", "_tokens")
+
+    def __init__(self, rate: float, now: float, *, min_rate: float = 0.5) -> None:
+        self._min_rate = min_rate
+        self._rate = max(rate, min_rate)
+        self._capacity = max(self._rate, 1.0)
+        self._tokens = 0.0
+        self._last = now
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def set_rate(self, rate: float, now: float) -> None:
+        self._refill(now)
+        self._rate = max(rate, self._min_rate)
+        self._capacity = max(self._rate, 1.0)
+        self._tokens = min(self._tokens, self._capacity)
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+
+    def reserve(self, now: float) -> float:
+        """Take one token, borrowing from the future if needed; return the wait in seconds."""
+        self._refill(now)
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+class RatePacer:
+    """The rate gate and pacer for one origin.
+
+    ``429 RATE_LIMITED`` closes the gate until the time the server named, for every request to
+    that origin. From the first such 429 on, sends are paced by a token bucket whose rate
+    follows CUBIC on the measured response rate (the AWS SDKs' adaptive mode), so the reopened
+    gate does not release a burst of new 429s. Tuned for fast recovery: ``recovery`` seconds
+    after a cut the rate is back at the rate that was cut.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        beta: float = 0.7,
+        recovery: float = 1.0,
+        bucket: float = 0.1,
+        min_rate: float = 0.5,
+    ) -> None:
+        self._clock = clock
+        self._beta = beta
+        self._recovery = recovery
+        now = clock()
+        self._started = now
+        self._blocked_until = now
+        self._clocker = RateClocker(now, bucket=bucket)
+        self._responses = 0
+        self._cubic: Cubic | None = None
+        self._bucket: TokenBucket | None = None
+        self._min_rate = min_rate
+        self._epoch = 0
+
+    @property
+    def blocked_until(self) -> float:
+        return self._blocked_until
+
+    @property
+    def rate(self) -> float | None:
+        """The pacing rate in requests/s, or None while pacing is off."""
+        return self._bucket.rate if self._bucket is not None else None
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def reserve(self) -> float:
+        """Take a sending slot; the seconds to wait before sending (gate and pace)."""
+        now = self._clock()
+        gate = max(0.0, self._blocked_until - now)
+        if self._bucket is None:
+            return gate
+        return self._bucket.reserve(now + gate) + gate
+
+    def gate_wait(self) -> float:
+        return max(0.0, self._blocked_until - self._clock())
+
+    def _measured(self, now: float) -> float:
+        measured = self._clocker.measured_rate
+        if measured <= 0:
+            # No full bucket yet: the average since the first response, over at least 100 ms.
+            measured = self._responses / max(now - self._started, 0.1)
+        return measured
+
+    def on_response(self, *, rate_limited: bool, retry_after: float | None, epoch: int) -> bool:
+        """Feed one response; True when it closed a gate that was open."""
+        now = self._clock()
+        self._clocker.record(now)
+        self._responses += 1
+        measured = self._measured(now)
+        closed = False
+        if rate_limited:
+            if retry_after is not None and now + retry_after > self._blocked_until:
+                closed = self._blocked_until <= now  # report openings, not every extension
+                self._blocked_until = now + retry_after
+            if epoch != self._epoch:
+                return closed  # this round trip was already cut
+            self._epoch += 1
+            current = measured if self._bucket is None else min(measured, self._bucket.rate)
+            current = max(current, self._min_rate)
+            scale = max(current * (1 - self._beta) / self._recovery**3, 1e-9)
+            if self._cubic is None:
+                self._cubic = Cubic(current, now, scale=scale, beta=self._beta)
+            else:
+                self._cubic._scale = scale
+            new_rate = self._cubic.error_received(current, now)
+            if self._bucket is None:
+                self._bucket = TokenBucket(new_rate, now, min_rate=self._min_rate)
+            else:
+                self._bucket.set_rate(new_rate, now)
+        elif self._cubic is not None and self._bucket is not None:
+            new_rate = min(self._cubic.success_received(now), 2.0 * max(measured, self._min_rate))
+            self._bucket.set_rate(new_rate, now)
+        return closed
+
+
+# --------------------------------------------------------------------------- retry budget
+
+
+class RetryBudget:
+    """Retries may add at most ``ratio`` of recent requests plus a small reserve.
+
+    Finagle's ``RetryBudget``: every request deposits ``ratio`` of a token for ``ttl`` seconds,
+    every retry of a failure withdraws one, and ``min_per_second * ttl`` tokens are always
+    available. Defaults are Finagle's (20 %, 10 s, 10/s).
+    """
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.2,
+        ttl: float = 10.0,
+        min_per_second: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 0 <= ratio <= 1000:
+            raise ValueError(f"retry budget ratio must be in [0, 1000], got {ratio!r}")
+        if not 1 <= ttl <= 60:
+            raise ValueError(f"retry budget ttl must be in [1, 60] seconds, got {ttl!r}")
+        if min_per_second < 0:
+            raise ValueError(f"retry budget min_per_second must be >= 0, got {min_per_second!r}")
+        self.ratio = ratio
+        self.ttl = ttl
+        self.min_per_second = min_per_second
+        self._clock = clock
+        self._slots: Final = max(1, math.ceil(ttl))
+        self._deposits = [0.0] * self._slots
+        self._withdrawals = [0.0] * self._slots
+        self._second = math.floor(clock())
+
+    def _advance(self) -> int:
+        now = math.floor(self._clock())
+        if now - self._second >= self._slots:
+            self._deposits = [0.0] * self._slots
+            self._withdrawals = [0.0] * self._slots
+        else:
+            for second in range(self._second + 1, now + 1):
+                self._deposits[second % self._slots] = 0.0
+                self._withdrawals[second % self._slots] = 0.0
+        self._second = max(self._second, now)
+        return self._second % self._slots
+
+    @property
+    def balance(self) -> float:
+        self._advance()
+        reserve = self.min_per_second * self.ttl
+        return reserve + self.ratio * sum(self._deposits) - sum(self._withdrawals)
+
+    def deposit(self) -> None:
+        """A logical request was made."""
+        self._deposits[self._advance()] += 1.0
+
+    def try_withdraw(self) -> bool:
+        """May a failed attempt be retried? Takes one token if so."""
+        if self.balance < 1.0:
+            return False
+        self._withdrawals[self._second % self._slots] += 1.0
+        return True
