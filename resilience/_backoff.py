@@ -129,6 +129,6 @@ class Backoff:
             raise ValueError("retries must be >= 0")
         lower = _LOWER_FRACTION[self.jitter]
         steps = []
-        for n, nominal in zip(range(1, retries + 1), self.nominal_delays()):
+        for n, nominal in zip(range(1, retries + 1), self.nominal_delays(), strict=False):
             steps.append(ScheduleStep(n, nominal, nominal * lower, nominal))
         return Schedule(self, tuple(steps))

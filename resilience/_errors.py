@@ -35,12 +35,17 @@ class ApiError(aiohttp.ClientResponseError):
         super().__init__(
             request_info, tuple(history), status=status, message=message, headers=headers
         )
-        self.code = code
+        self._api_code = code
         self.detail = detail
         self.retryable = retryable
         self.request_id = request_id
         self.attempts = attempts
         self.server_request_id = server_request_id
+
+    @property  # type: ignore[misc]
+    def code(self) -> str | None:  # type: ignore[override]
+        """The envelope's error code (None when the body had no envelope)."""
+        return self._api_code
 
 
 class DeadlineExceeded(aiohttp.ClientError, TimeoutError):

@@ -21,7 +21,7 @@ __all__ = [
     "AdaptiveLimiter",
     "ConcurrencyPermit",
     "Cubic",
-    "RateClocker",
+    "WindowRate",
     "RatePacer",
     "RetryBudget",
     "TokenBucket",
@@ -111,11 +111,8 @@ class AdaptiveLimiter:
         permit.released = True
         self._in_flight.pop(permit, None)
         self._limiter.release_on_behalf_of(permit)
-        while self._parked:
-            event = self._parked.popleft()
-            if not event.is_set():
-                event.set()
-                break
+        if self._parked:
+            self._parked.popleft().set()
 
     async def wait_for_release(self, timeout: float) -> None:
         """Park until some request of ours completes (or ``timeout`` passes).
@@ -131,7 +128,7 @@ class AdaptiveLimiter:
                 await event.wait()
         finally:
             if not event.is_set():
-                event.set()  # make a later release skip this stale entry
+                self._parked.remove(event)
 
     def on_success(self, permit: ConcurrencyPermit) -> None:
         if self.ceiling is not None and self._limit >= self.ceiling:
@@ -204,42 +201,64 @@ class Cubic:
         return current_rate * self._beta
 
 
-class RateClocker:
-    """Measured response rate, smoothed per time bucket (botocore's ``RateClocker``)."""
+class WindowRate:
+    """Responses per second over the last ``window`` seconds, counted in small slots.
 
-    __slots__ = ("_bucket", "_count", "_last_bucket", "_measured", "_smoothing")
+    Until a whole window has passed it averages over the time since the first response (at
+    least ``minimum`` seconds), so the first 429 of a run is cut from a real rate, not from 0
+    as botocore's smoothed clocker would.
+    """
 
-    def __init__(self, start_time: float, smoothing: float = 0.8, bucket: float = 0.5) -> None:
-        self._smoothing = smoothing
-        self._bucket = bucket
-        self._count = 0
-        self._measured = 0.0
-        self._last_bucket = math.floor(start_time)
+    __slots__ = ("_counts", "_first", "_minimum", "_slot", "_slot_len", "_window")
 
-    @property
-    def measured_rate(self) -> float:
-        return self._measured
+    def __init__(self, window: float = 1.0, slots: int = 20, minimum: float = 0.1) -> None:
+        self._window = window
+        self._slot_len = window / slots
+        self._counts = [0] * slots
+        self._slot = 0
+        self._first: float | None = None
+        self._minimum = minimum
 
-    def record(self, timestamp: float) -> float:
-        bucket = math.floor(timestamp / self._bucket) * self._bucket
-        self._count += 1
-        if bucket > self._last_bucket:
-            current = self._count / (bucket - self._last_bucket)
-            self._measured = current * self._smoothing + self._measured * (1 - self._smoothing)
-            self._count = 0
-            self._last_bucket = bucket
-        return self._measured
+    def _advance(self, now: float) -> None:
+        slot = int(now / self._slot_len)
+        gap = slot - self._slot
+        if gap > 0:
+            size = len(self._counts)
+            for i in range(1, min(gap, size) + 1):
+                self._counts[(self._slot + i) % size] = 0
+            self._slot = slot
+
+    def record(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+            self._slot = int(now / self._slot_len)
+        self._advance(now)
+        self._counts[self._slot % len(self._counts)] += 1
+
+    def rate(self, now: float) -> float:
+        if self._first is None:
+            return 0.0
+        self._advance(now)
+        span = min(self._window, max(now - self._first, self._minimum))
+        return sum(self._counts) / span
 
 
 class TokenBucket:
-    """A token bucket whose fill rate can change; ``reserve()`` says how long to wait."""
+    """A token bucket whose fill rate can change; ``reserve()`` says how long to wait.
 
-    __slots__ = ("_capacity", "_last", "_min_rate", "_rate", "_tokens")
+    It holds at most ``burst`` seconds' worth of tokens (and at least one), so a pause, such
+    as a closed gate, is not followed by a burst.
+    """
 
-    def __init__(self, rate: float, now: float, *, min_rate: float = 0.5) -> None:
+    __slots__ = ("_burst", "_capacity", "_last", "_min_rate", "_rate", "_tokens")
+
+    def __init__(
+        self, rate: float, now: float, *, min_rate: float = 0.5, burst: float = 1.0
+    ) -> None:
         self._min_rate = min_rate
+        self._burst = burst
         self._rate = max(rate, min_rate)
-        self._capacity = max(self._rate, 1.0)
+        self._capacity = max(self._rate * burst, 1.0)
         self._tokens = 0.0
         self._last = now
 
@@ -250,7 +269,7 @@ class TokenBucket:
     def set_rate(self, rate: float, now: float) -> None:
         self._refill(now)
         self._rate = max(rate, self._min_rate)
-        self._capacity = max(self._rate, 1.0)
+        self._capacity = max(self._rate * self._burst, 1.0)
         self._tokens = min(self._tokens, self._capacity)
 
     def _refill(self, now: float) -> None:
@@ -264,6 +283,15 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
+    def time_to_token(self, now: float) -> float:
+        """Seconds until a whole token is there (0: one is there now); takes nothing."""
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self._rate
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self._tokens -= 1.0
+
 
 class RatePacer:
     """The rate gate and pacer for one origin.
@@ -271,8 +299,10 @@ class RatePacer:
     ``429 RATE_LIMITED`` closes the gate until the time the server named, for every request to
     that origin. From the first such 429 on, sends are paced by a token bucket whose rate
     follows CUBIC on the measured response rate (the AWS SDKs' adaptive mode), so the reopened
-    gate does not release a burst of new 429s. Tuned for fast recovery: ``recovery`` seconds
-    after a cut the rate is back at the rate that was cut.
+    gate does not release a burst of new 429s. Two changes from botocore, for fast recovery: the
+    measured rate is a 1 s sliding window (botocore's smoothed clocker reads 0 at the start, so
+    its first cut drops to the 0.5 req/s floor), and CUBIC's C is scaled so the rate is back at
+    the cut level ``recovery`` seconds after a cut.
     """
 
     def __init__(
@@ -281,8 +311,8 @@ class RatePacer:
         clock: Clock = time.monotonic,
         beta: float = 0.7,
         recovery: float = 1.0,
-        bucket: float = 0.1,
         min_rate: float = 0.5,
+        burst: float = 0.02,
     ) -> None:
         self._clock = clock
         self._beta = beta
@@ -290,12 +320,14 @@ class RatePacer:
         now = clock()
         self._started = now
         self._blocked_until = now
-        self._clocker = RateClocker(now, bucket=bucket)
-        self._responses = 0
+        self._measure = WindowRate()
         self._cubic: Cubic | None = None
         self._bucket: TokenBucket | None = None
         self._min_rate = min_rate
+        self._burst = burst
         self._epoch = 0
+        # One sender at a time computes its wait from the *current* rate; the rest queue FIFO.
+        self.turn = anyio.Lock()
 
     @property
     def blocked_until(self) -> float:
@@ -310,30 +342,32 @@ class RatePacer:
     def epoch(self) -> int:
         return self._epoch
 
-    def reserve(self) -> float:
-        """Take a sending slot; the seconds to wait before sending (gate and pace)."""
+    @property
+    def active(self) -> bool:
+        """True while sends must queue: the gate is closed or pacing is on."""
+        return self._bucket is not None or self._blocked_until > self._clock()
+
+    def delay(self) -> float:
+        """Seconds until the next send may go (gate open and a pacing token there)."""
         now = self._clock()
         gate = max(0.0, self._blocked_until - now)
         if self._bucket is None:
             return gate
-        return self._bucket.reserve(now + gate) + gate
+        return max(gate, self._bucket.time_to_token(now))
+
+    def take(self) -> None:
+        """Spend the pacing token of a send that goes now."""
+        if self._bucket is not None:
+            self._bucket.take(self._clock())
 
     def gate_wait(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
 
-    def _measured(self, now: float) -> float:
-        measured = self._clocker.measured_rate
-        if measured <= 0:
-            # No full bucket yet: the average since the first response, over at least 100 ms.
-            measured = self._responses / max(now - self._started, 0.1)
-        return measured
-
     def on_response(self, *, rate_limited: bool, retry_after: float | None, epoch: int) -> bool:
         """Feed one response; True when it closed a gate that was open."""
         now = self._clock()
-        self._clocker.record(now)
-        self._responses += 1
-        measured = self._measured(now)
+        self._measure.record(now)
+        measured = self._measure.rate(now)
         closed = False
         if rate_limited:
             if retry_after is not None and now + retry_after > self._blocked_until:
@@ -351,7 +385,9 @@ class RatePacer:
                 self._cubic._scale = scale
             new_rate = self._cubic.error_received(current, now)
             if self._bucket is None:
-                self._bucket = TokenBucket(new_rate, now, min_rate=self._min_rate)
+                self._bucket = TokenBucket(
+                    new_rate, now, min_rate=self._min_rate, burst=self._burst
+                )
             else:
                 self._bucket.set_rate(new_rate, now)
         elif self._cubic is not None and self._bucket is not None:

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -399,7 +399,7 @@ def _share(n: int, total: int) -> str:
     return f"{100 * n / total:.1f}%" if total else ""
 
 
-def _request_table(title: str, rows: Iterable[RequestRow], *, reason: bool) -> Table:
+def _request_table(title: str, rows: Sequence[RequestRow], *, reason: bool) -> Table:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -431,7 +431,8 @@ def render_text(summary: LogSummary, console: Console, *, title: str | None = No
     from rich.table import Table
 
     heading = "Retry log summary" if title is None else f"Retry log summary: {title}"
-    totals = Table(title=_cell(heading), title_justify="left", show_header=False, box=None)
+    console.print(_cell(heading), style="bold", soft_wrap=True)
+    totals = Table(show_header=False, box=None)
     totals.add_column(style="bold")
     totals.add_column(justify="right")
     totals.add_column(style="dim")
@@ -653,10 +654,11 @@ def main(argv: list[str] | None = None) -> int:
     except _ReadError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "rich":
+            raise
         print(
-            f"{PROG}: error: text output needs rich ({exc}); "
-            "install 'resilience[cli]' or use --json",
+            f"{PROG}: error: text output needs rich: install 'resilience[cli]', or use --json",
             file=sys.stderr,
         )
         return 2

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TextIO, cast
 
 import structlog
 
@@ -36,7 +36,7 @@ def configure_logging(
     else:
         stream = target
     logger = structlog.wrap_logger(
-        structlog.WriteLogger(stream),
+        structlog.WriteLogger(cast(TextIO, stream)),
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,

@@ -41,8 +41,8 @@ _SIGNALS: Final = {
 # aiohttp resends an idempotent request once, through the whole middleware chain, when it ends
 # in ServerDisconnectedError/ClientOSError. We already retried it: the guard makes that hidden
 # retry re-raise at once instead of sending max_attempts more requests.
-_GAVE_UP: contextvars.ContextVar[tuple[str, str, BaseException] | None] = (
-    contextvars.ContextVar("resilience_gave_up", default=None)
+_GAVE_UP: contextvars.ContextVar[tuple[str, str, BaseException] | None] = contextvars.ContextVar(
+    "resilience_gave_up", default=None
 )
 
 
@@ -64,7 +64,9 @@ class Settings:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
         if self.max_elapsed is not None and not (0 < self.max_elapsed < float("inf")):
-            raise ValueError(f"max_elapsed must be > 0 and finite, or None; got {self.max_elapsed!r}")
+            raise ValueError(
+                f"max_elapsed must be > 0 and finite, or None; got {self.max_elapsed!r}"
+            )
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {type(self.backoff).__name__}")
         if not isinstance(self.codes, CodeTable):
@@ -220,8 +222,9 @@ class _Call:
                 continue
             try:
                 verdict = await self._classify(resp)
-                await store.report(admission, _SIGNALS.get(verdict.handling, Signal.OTHER),
-                                   verdict.retry_after)
+                await store.report(
+                    admission, _SIGNALS.get(verdict.handling, Signal.OTHER), verdict.retry_after
+                )
                 decision = await self._decide(verdict)
             except BaseException:
                 resp.close()
@@ -266,7 +269,9 @@ class _Call:
             return Decision(Outcome.GIVE_UP, reason="retry_budget")
         return decision
 
-    async def _after_transport_error(self, exc: BaseException, waited: float, sent_at: float) -> None:
+    async def _after_transport_error(
+        self, exc: BaseException, waited: float, sent_at: float
+    ) -> None:
         """Decide after an exception from ``handler()``; returns to retry, raises to stop."""
         if not isinstance(exc, Exception) or not isinstance(exc, aiohttp.ClientError):
             raise exc  # cancellation, the caller's total timeout, or a bug: never retried
@@ -312,7 +317,9 @@ class _Call:
         # the payload is rewound and written again.
         await self.req.close()
 
-    def _finish(self, resp: ClientResponse, verdict: Verdict, admission: Admission) -> ClientResponse:
+    def _finish(
+        self, resp: ClientResponse, verdict: Verdict, admission: Admission
+    ) -> ClientResponse:
         """Return the final response; its permit lasts until its body is read or released."""
         connection = resp.connection
         if connection is None:
@@ -369,7 +376,9 @@ class _Call:
             error=verdict.error,
             limit=self.store.concurrency_limit,
         )
-        emit_attempt(fields, decision.outcome, first_ok=self.attempt == 1 and decision.outcome is Outcome.OK)
+        emit_attempt(
+            fields, decision.outcome, first_ok=self.attempt == 1 and decision.outcome is Outcome.OK
+        )
 
 
 def _discard(resp: ClientResponse) -> None:

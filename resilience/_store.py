@@ -88,9 +88,7 @@ class Store(Protocol):
         """Return the permit. Synchronous and idempotent: it runs from connection callbacks."""
         ...
 
-    async def report(
-        self, admission: Admission, signal: Signal, retry_after: float | None
-    ) -> None:
+    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
         """Feed one response into the limits (AIMD step, gate, pacing rate)."""
         ...
 
@@ -119,7 +117,7 @@ class LocalStore:
         *,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
-        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),
     ) -> None:
         if max_concurrency is not None and (
             isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
@@ -155,16 +153,27 @@ class LocalStore:
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         pacer = self.pacer(origin)
         while True:
-            wait = pacer.reserve()
-            if wait > 0:
-                if deadline is not None and self._clock() + wait > deadline:
-                    raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
-                await anyio.sleep(wait)
+            if pacer.active:
+                await self._wait_turn(pacer, deadline)
             permit = await self._acquire(deadline)
             if pacer.gate_wait() <= 0:
                 return Admission(origin, permit, permit.limit, pacer.epoch)
             # The gate closed while we waited for the permit: do not send into it.
             self.limiter.release(permit)
+
+    async def _wait_turn(self, pacer: RatePacer, deadline: float | None) -> None:
+        """Queue at the gate and pacer; each turn's wait uses the rate as it is then."""
+        with anyio.move_on_after(
+            deadline - self._clock() if deadline is not None else math.inf
+        ) as scope:
+            async with pacer.turn:
+                while (wait := pacer.delay()) > 0:
+                    if deadline is not None and self._clock() + wait > deadline:
+                        raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
+                    await anyio.sleep(wait)
+                pacer.take()
+        if scope.cancelled_caught:
+            raise DeadlineExceeded("no turn at the rate gate before max_elapsed")
 
     async def _acquire(self, deadline: float | None) -> ConcurrencyPermit:
         if deadline is None:
@@ -180,9 +189,7 @@ class LocalStore:
         assert isinstance(admission.permit, ConcurrencyPermit)
         self.limiter.release(admission.permit)
 
-    async def report(
-        self, admission: Admission, signal: Signal, retry_after: float | None
-    ) -> None:
+    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
         permit = admission.permit
         assert isinstance(permit, ConcurrencyPermit)
         if signal is Signal.SUCCESS:

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resilience import CodeTable, ErrorSpec, Handling
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "codes.json"
+
+
+def test_default_table_ships_all_40_codes_with_their_fields() -> None:
+    table = CodeTable.default()
+    assert len(table) == 40
+    spec = table["UPSTREAM_GENERATION_ERROR"]
+    assert (spec.status, spec.retryable, spec.domain) == (502, True, "upstream")
+    assert spec.message == "Generation service request failed."
+    assert table["UPSTREAM_GENERATION_SERVICE_ERROR"].retryable is False
+    assert table["DISPATCH_TIMEOUT"].how is Handling.TRANSIENT
+    assert table["GENERATION_CAPACITY_EXCEEDED"].how is Handling.PERMANENT
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared/ not beside the checkout")
+def test_default_table_matches_the_published_json() -> None:
+    published = json.loads(SHARED.read_text())
+    table = CodeTable.default()
+    for row in published:
+        spec = table[row["code"]]
+        assert (spec.status, spec.retryable, spec.domain, spec.message) == (
+            row["status"],
+            row["retryable"],
+            row["domain"],
+            row["message"],
+        )
+
+
+def test_throttles_and_polls_have_their_own_handling() -> None:
+    table = CodeTable.default()
+    assert table["GENERATION_NOT_READY"].how is Handling.NOT_READY
+    assert table["GENERATION_CONCURRENCY_EXCEEDED"].how is Handling.CONCURRENCY_LIMIT
+    assert table["RATE_LIMITED"].how is Handling.RATE_LIMIT
+
+
+def test_overrides_flip_one_code_and_add_another() -> None:
+    table = CodeTable.default().with_overrides(
+        ErrorSpec("QUOTA_SOON", 503, retryable=True), GENERATION_CAPACITY_EXCEEDED=True
+    )
+    assert table["GENERATION_CAPACITY_EXCEEDED"].how is Handling.TRANSIENT
+    assert table["QUOTA_SOON"].how is Handling.TRANSIENT
+    assert CodeTable.default()["GENERATION_CAPACITY_EXCEEDED"].retryable is False
+    with pytest.raises(KeyError, match="unknown code"):
+        CodeTable.default().with_overrides(NOPE=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"code": "X"}', "[1]", '[{"status": 500, "retryable": true}]', "not json"],
+)
+def test_malformed_tables_raise_value_error(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        CodeTable.from_json(text)
+
+
+def test_bad_specs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="HTTP status"):
+        ErrorSpec("X", 42, retryable=False)
+    with pytest.raises(ValueError, match="contradicts"):
+        ErrorSpec("X", 503, retryable=False, handling=Handling.TRANSIENT)
+    with pytest.raises(TypeError):
+        CodeTable([{"code": "X"}])  # type: ignore[list-item]
