@@ -68,7 +68,7 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     return max(0.0, (when - now).total_seconds())
 
 
-def _server_request_id(headers: Mapping[str, str]) -> str | None:
+def server_request_id(headers: Mapping[str, str]) -> str | None:
     for name in _SERVER_ID_HEADERS:
         value = headers.get(name)
         if value:
@@ -128,10 +128,10 @@ async def classify_response(
     resp: aiohttp.ClientResponse, table: CodeTable, envelope_cap: int
 ) -> Verdict:
     """Classify a response; reads the body only for status >= 400 and only within the cap."""
-    headers = resp.headers
-    server_id = _server_request_id(headers)
     if resp.status < 400:
-        return Verdict(Handling.OK, status=resp.status, server_request_id=server_id)
+        return Verdict(Handling.OK, status=resp.status)  # server id looked up only if logged
+    headers = resp.headers
+    server_id = server_request_id(headers)
     envelope = await read_envelope(resp, envelope_cap)
     handling, code, detail = classify(resp.status, envelope, table)
     return Verdict(

@@ -83,7 +83,9 @@ _app_logger: Final = structlog.get_logger("resilience")
 # Until the application configures structlog, log at INFO and above only: structlog's default
 # prints everything, and a debug line per successful request costs more than the request.
 _quiet_logger: Final = structlog.wrap_logger(
-    None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO)
+    None,
+    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    cache_logger_on_first_use=True,
 )
 _override: list[Any] = []
 
@@ -99,6 +101,16 @@ def _logger() -> Any:
     if _override:
         return _override[0]
     return _app_logger if structlog.is_configured() else _quiet_logger
+
+
+def debug_enabled() -> bool:
+    """Would a DEBUG event be logged? Free while structlog is unconfigured (it would not)."""
+    if _override:
+        return bool(_override[0].is_enabled_for(logging.DEBUG))
+    if not structlog.is_configured():
+        return False
+    check = getattr(_app_logger, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
 
 
 def emit_attempt(fields: dict[str, Any], outcome: Outcome, *, first_ok: bool) -> None:

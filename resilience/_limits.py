@@ -96,9 +96,26 @@ class AdaptiveLimiter:
     def waiting(self) -> int:
         return self._limiter.statistics().tasks_waiting + len(self._parked)
 
+    def try_acquire(self) -> ConcurrencyPermit | None:
+        """A permit if one is free now (no event-loop round trip), else None."""
+        if self._parked and self._limiter.available_tokens <= len(self._parked):
+            return None  # parked requests were turned away first: let them have the slots
+        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(permit)
+        except anyio.WouldBlock:
+            return None
+        return self._admitted(permit)
+
     async def acquire(self) -> ConcurrencyPermit:
+        permit = self.try_acquire()
+        if permit is not None:
+            return permit
         permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
         await self._limiter.acquire_on_behalf_of(permit)
+        return self._admitted(permit)
+
+    def _admitted(self, permit: ConcurrencyPermit) -> ConcurrencyPermit:
         self._seq += 1
         permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
         self._in_flight[permit] = permit.seq
@@ -160,7 +177,15 @@ class AdaptiveLimiter:
             return
         old, self._limit = self._limit, value
         self._limiter.total_tokens = value
-        emit(LIMIT_EVENT, "info", limiter=self.name, old=old, new=value, why=why)
+        # Cuts matter to an operator; growth happens every round trip and stays at DEBUG.
+        emit(
+            LIMIT_EVENT,
+            "info" if value < old else "debug",
+            limiter=self.name,
+            old=old,
+            new=value,
+            why=why,
+        )
 
 
 # --------------------------------------------------------------------------- rate
@@ -367,7 +392,6 @@ class RatePacer:
         """Feed one response; True when it closed a gate that was open."""
         now = self._clock()
         self._measure.record(now)
-        measured = self._measure.rate(now)
         closed = False
         if rate_limited:
             if retry_after is not None and now + retry_after > self._blocked_until:
@@ -376,6 +400,7 @@ class RatePacer:
             if epoch != self._epoch:
                 return closed  # this round trip was already cut
             self._epoch += 1
+            measured = self._measure.rate(now)
             current = measured if self._bucket is None else min(measured, self._bucket.rate)
             current = max(current, self._min_rate)
             scale = max(current * (1 - self._beta) / self._recovery**3, 1e-9)
@@ -391,6 +416,7 @@ class RatePacer:
             else:
                 self._bucket.set_rate(new_rate, now)
         elif self._cubic is not None and self._bucket is not None:
+            measured = self._measure.rate(now)
             new_rate = min(self._cubic.success_received(now), 2.0 * max(measured, self._min_rate))
             self._bucket.set_rate(new_rate, now)
         return closed

@@ -7,8 +7,8 @@ This module holds no policy of its own: classification lives in ``_classify``, t
 from __future__ import annotations
 
 import contextvars
+import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,11 +19,11 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._backoff import Backoff
 from ._body import is_replayable
-from ._classify import Verdict, classify, classify_response
+from ._classify import Verdict, classify, classify_response, server_request_id
 from ._codes import CodeTable, Handling
 from ._decide import Decision, Progress, decide
 from ._errors import ApiError, DeadlineExceeded
-from ._events import Outcome, emit_attempt, redact_url
+from ._events import Outcome, debug_enabled, emit_attempt, redact_url
 from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, Store
 
 __all__ = ["ResilienceMiddleware", "Settings"]
@@ -44,6 +44,34 @@ _SIGNALS: Final = {
 _GAVE_UP: contextvars.ContextVar[tuple[str, str, BaseException] | None] = contextvars.ContextVar(
     "resilience_gave_up", default=None
 )
+
+
+_OK: Final = Decision(Outcome.OK)
+_OK_VERDICT: Final = Verdict(Handling.OK)  # status and server id are read off the response
+
+
+_random_pool = bytearray()
+
+
+def _refill_after_fork() -> None:
+    _random_pool.clear()  # a forked child must not reuse its parent's unread bytes
+
+
+os.register_at_fork(after_in_child=_refill_after_fork)
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, like ``uuid.uuid4().hex``.
+
+    Reads ``os.urandom`` 4 KiB at a time: one system call per 256 IDs instead of one each.
+    """
+    if not _random_pool:
+        _random_pool.extend(os.urandom(4096))
+    n = int.from_bytes(_random_pool[-16:], "big")
+    del _random_pool[-16:]
+    n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+    return f"{n:032x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +167,7 @@ class ResilienceMiddleware:
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement resilience.Store, got {type(store).__name__}")
         self.store: Final = store
+        self._origins: dict[tuple[str, str | None, int | None], str] = {}
 
     @property
     def concurrency_limit(self) -> int:
@@ -165,12 +194,12 @@ class _Call:
         "deadline",
         "delays",
         "failures",
-        "fields",
         "handler",
         "idempotent",
         "last_verdict",
         "mw",
         "req",
+        "request_id",
         "settings",
         "start",
         "store",
@@ -192,18 +221,18 @@ class _Call:
         header = self.settings.request_id_header
         request_id = req.headers.get(header)
         if not request_id:
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()
             req.headers[header] = request_id
+        self.request_id = request_id
         self.idempotent = req.method in IDEMPOTENT_METHODS or "Idempotency-Key" in req.headers
-        self.fields: dict[str, Any] = {
-            "request_id": request_id,
-            "method": req.method,
-            "url": redact_url(req.url),
-        }
 
     async def run(self) -> ClientResponse:
         store, req = self.store, self.req
-        origin = str(req.url.origin())
+        url = req.url
+        key = (url.scheme, url.host, url.port)
+        origin = self.mw._origins.get(key)
+        if origin is None:
+            origin = self.mw._origins[key] = str(url.origin())
         await store.deposit_request()
         while True:
             self.attempt += 1
@@ -221,7 +250,7 @@ class _Call:
                 await self._after_transport_error(exc, waited, sent_at)
                 continue
             try:
-                verdict = await self._classify(resp)
+                verdict = _OK_VERDICT if resp.status < 400 else await self._classify(resp)
                 await store.report(
                     admission, _SIGNALS.get(verdict.handling, Signal.OTHER), verdict.retry_after
                 )
@@ -230,7 +259,7 @@ class _Call:
                 resp.close()
                 store.release(admission)
                 raise
-            self._log(verdict, decision, waited, sent_at)
+            self._log(verdict, decision, waited, sent_at, resp)
             self.last_verdict = verdict
             if decision.delay is None:
                 return self._finish(resp, verdict, admission)
@@ -248,6 +277,8 @@ class _Call:
 
     async def _decide(self, verdict: Verdict) -> Decision:
         handling = verdict.handling
+        if handling is Handling.OK:
+            return _OK
         counts = handling in (Handling.TRANSIENT, Handling.PERMANENT) or (
             self.deadline is None and handling is not Handling.OK
         )
@@ -335,7 +366,7 @@ class _Call:
                 code=verdict.code,
                 detail=verdict.detail,
                 retryable=verdict.retryable,
-                request_id=self.fields["request_id"],
+                request_id=self.request_id,
                 attempts=self.attempt,
                 server_request_id=verdict.server_request_id,
                 headers=resp.headers,
@@ -350,20 +381,31 @@ class _Call:
         waited = time.monotonic() - began
         self._log(verdict, Decision(Outcome.GIVE_UP, reason="deadline"), waited, None)
         last = self.last_verdict
-        exc.request_id = self.fields["request_id"]
+        exc.request_id = self.request_id
         exc.attempts = self.attempt - 1
         exc.last_status = last.status if last is not None else None
         exc.last_code = (last.code or last.error) if last is not None else None
         raise exc
 
     def _log(
-        self, verdict: Verdict, decision: Decision, waited: float, sent_at: float | None
+        self,
+        verdict: Verdict,
+        decision: Decision,
+        waited: float,
+        sent_at: float | None,
+        resp: ClientResponse | None = None,
     ) -> None:
+        first_ok = self.attempt == 1 and decision.outcome is Outcome.OK
+        if first_ok and not debug_enabled():
+            return  # the common case costs nothing when DEBUG is filtered
         now = time.monotonic()
-        fields = dict(self.fields)
-        fields.update(
+        req = self.req
+        fields = dict(
+            request_id=self.request_id,
+            method=req.method,
+            url=redact_url(req.url),
             attempt=self.attempt,
-            status=verdict.status,
+            status=verdict.status if resp is None else resp.status,
             code=verdict.code,
             handling=verdict.handling.value,
             retryable=verdict.retryable,
@@ -372,13 +414,12 @@ class _Call:
             elapsed=round(now - self.start, 6),
             duration=round(now - sent_at, 6) if sent_at is not None else None,
             waited=round(waited, 6),
-            server_request_id=verdict.server_request_id,
+            server_request_id=verdict.server_request_id
+            or (server_request_id(resp.headers) if resp is not None else None),
             error=verdict.error,
             limit=self.store.concurrency_limit,
         )
-        emit_attempt(
-            fields, decision.outcome, first_ok=self.attempt == 1 and decision.outcome is Outcome.OK
-        )
+        emit_attempt(fields, decision.outcome, first_ok=first_ok)
 
 
 def _discard(resp: ClientResponse) -> None:

@@ -176,6 +176,9 @@ class LocalStore:
             raise DeadlineExceeded("no turn at the rate gate before max_elapsed")
 
     async def _acquire(self, deadline: float | None) -> ConcurrencyPermit:
+        permit = self.limiter.try_acquire()
+        if permit is not None:
+            return permit
         if deadline is None:
             return await self.limiter.acquire()
         remaining = deadline - self._clock()

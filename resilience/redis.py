@@ -1,0 +1,831 @@
+"""Fleet-wide limits on Redis: one plan limit, one rate gate, one retry budget per namespace.
+
+::
+
+    from resilience import ResilienceMiddleware
+    from resilience.redis import RedisStore
+
+    store = RedisStore.from_url("redis://127.0.0.1:6379/0", namespace="breezeblue:acct-42")
+    mw = ResilienceMiddleware(max_attempts=5, max_elapsed=60.0, store=store)
+
+Every process (on any host) that uses the same Redis and namespace shares the adaptive
+concurrency limit and its permits, the rate gate and pacing rate of each origin, and the retry
+budget. The rules are :class:`~resilience.LocalStore`'s; the state lives in Redis and changes
+only in Lua scripts that read Redis's own clock. If Redis cannot be reached the store falls
+back to local, bounded limits and rejoins when Redis is back: no caller sees a Redis error.
+
+Needs redis-py (``pip install 'resilience[redis]'``) and asyncio (redis-py's asyncio client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import anyio
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis import exceptions as redis_errors
+from yarl import URL
+
+from . import _redis_lua as lua
+from ._errors import DeadlineExceeded
+from ._events import GATE_EVENT, LIMIT_EVENT, STORE_EVENT, emit, redact_url
+from ._limits import RetryBudget
+from ._store import Admission, LocalStore, RetryBudgetSettings, Signal
+
+__all__ = ["RedisStore", "RedisStoreStats"]
+
+# RatePacer's defaults: cut to 70 %, back at the cut rate after 1 s, never below 0.5/s.
+_BETA: Final = 0.7
+_RECOVERY: Final = 1.0
+_MIN_RATE: Final = 0.5
+_WAKE_SLICE: Final = 1.0  # longest single BLPOP of the wake-up list
+_PARK_POLL: Final = 2.0  # a parked waiter asks again at least this often (lost wake-ups)
+_PROBE_FIRST: Final = 0.05
+_TROUBLE: Final = (redis_errors.RedisError, OSError)  # OSError covers TimeoutError and ssl errors
+
+_GRANTED: Final = 0
+_WAIT: Final = 1
+_FULL: Final = 2
+_SIGNAL_CODES: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2}
+
+
+class _Unavailable(Exception):
+    """A Redis call failed; the store has switched to local limits."""
+
+
+class _Lease:
+    """The ``permit`` of a shared admission: one lease in the namespace's ``permits`` set."""
+
+    __slots__ = ("epoch", "id", "released", "seq")
+
+    def __init__(self, lease_id: str, seq: int, epoch: int) -> None:
+        self.id = lease_id
+        self.seq = seq
+        self.epoch = epoch
+        self.released = False
+
+    def __repr__(self) -> str:
+        return f"_Lease({self.id!r}, seq={self.seq}, epoch={self.epoch})"
+
+
+class _Waiter:
+    __slots__ = ("event", "woken")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.woken = False
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreStats:
+    """What a :class:`RedisStore` has done in this process (see :meth:`RedisStore.stats`)."""
+
+    mode: Literal["redis", "local"]
+    """``"redis"`` while the limits are shared, ``"local"`` during a fallback."""
+    limit: int
+    """The concurrency limit in force for this process."""
+    workers: int
+    """Processes that used the namespace recently (as last seen)."""
+    round_trips: dict[str, int]
+    """Redis calls by kind: acquire, release, report, budget, renew, wake, probe."""
+    fallbacks: int
+    rejoins: int
+    held: int
+    """Shared permits this process holds now."""
+
+
+@dataclass(slots=True)
+class _Link:
+    """The clients and scripts of one event loop (redis-py connections belong to a loop)."""
+
+    loop: asyncio.AbstractEventLoop
+    client: Redis
+    waker: Redis
+    acquire: AsyncScript
+    report: AsyncScript
+    release: AsyncScript
+    renew: AsyncScript
+    budget: AsyncScript
+
+
+class RedisStore:
+    """The :class:`~resilience.Store` shared through Redis by every process on one namespace.
+
+    Build it with :meth:`from_url`; it connects lazily on first use, so the middleware can be
+    made outside a running loop. Use it as an async context manager, or call :meth:`aclose`.
+
+    Args:
+        url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. Its password is never
+            logged. Query options (``?socket_timeout=...``) override this store's settings.
+        namespace: everything sharing this name shares the limits; use one per API key. It
+            becomes the keys' hash tag (``resilience:{namespace}:...``), so it may not
+            contain ``{`` or ``}``.
+        max_concurrency: ceiling of the shared adaptive limit (the lowest one in the fleet
+            wins); ``None``: no ceiling.
+        initial_concurrency: where a new namespace's limit starts.
+        retry_budget: the fleet's retry budget; ``None`` disables it.
+        lease_ttl: seconds a permit outlives a holder that died; renewed every third of it
+            while the request is in flight.
+        redis_timeout: seconds any Redis call (connect, read, pool wait) may take before the
+            store falls back to local limits. Calls are never retried blindly.
+        max_connections: connection pool size (callers wait for a free one).
+        probe_max_delay: longest pause between reconnection probes while Redis is down.
+        state_ttl: seconds after which an idle namespace's keys (its learned limit) expire.
+        connection_options: more keyword arguments for redis-py's connection pool, e.g.
+            ``{"ssl_ca_certs": "/path/ca.pem"}``.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        namespace: str,
+        max_concurrency: int | None = None,
+        initial_concurrency: int = 4,
+        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        lease_ttl: float = 30.0,
+        redis_timeout: float = 0.25,
+        max_connections: int = 32,
+        probe_max_delay: float = 5.0,
+        state_ttl: float = 86400.0,
+        connection_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        url = str(url)
+        parse_url(url)  # a malformed URL fails here, not at the first request
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError("namespace must be a non-empty string")
+        if "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace may not contain '{{' or '}}': {namespace!r}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+        ):
+            raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+        if initial_concurrency < 1:
+            raise ValueError(f"initial_concurrency must be >= 1, got {initial_concurrency!r}")
+        if not 0.1 <= lease_ttl <= 3600:
+            raise ValueError(f"lease_ttl must be in [0.1, 3600] seconds, got {lease_ttl!r}")
+        if not 0 < redis_timeout <= 30:
+            raise ValueError(f"redis_timeout must be in (0, 30] seconds, got {redis_timeout!r}")
+        if max_connections < 2:
+            raise ValueError(f"max_connections must be >= 2, got {max_connections!r}")
+        if probe_max_delay < _PROBE_FIRST:
+            raise ValueError(f"probe_max_delay must be >= {_PROBE_FIRST}, got {probe_max_delay!r}")
+        if state_ttl < 2 * lease_ttl:
+            raise ValueError("state_ttl must be at least twice lease_ttl")
+        self._url = url
+        self._password = URL(url).password if "://" in url else None
+        self.redacted_url: Final = redact_url(URL(url))
+        self.namespace: Final = namespace
+        self._ceiling = max_concurrency
+        self._initial = min(initial_concurrency, max_concurrency or initial_concurrency)
+        self._budget_settings = retry_budget
+        self._lease_ttl = float(lease_ttl)
+        self._timeout = float(redis_timeout)
+        self._max_connections = max_connections
+        self._probe_max_delay = float(probe_max_delay)
+        self._options = dict(connection_options or {})
+
+        prefix = f"resilience:{{{namespace}}}:"
+        self._prefix = prefix
+        self._k_ctl = prefix + "ctl"
+        self._k_permits = prefix + "permits"
+        self._k_order = prefix + "order"
+        self._k_wake = prefix + "wake"
+        self._k_workers = prefix + "workers"
+        self._k_budget = prefix + "budget"
+        lease_ms = round(self._lease_ttl * 1000)
+        state_ms = round(state_ttl * 1000)
+        ceiling = max_concurrency or 0
+        self._limit_args: tuple[int, int, int, int] = (self._initial, ceiling, lease_ms, state_ms)
+        self._worker_ttl_ms = max(2 * lease_ms, 10_000)
+
+        self._worker = uuid.uuid4().hex[:16]
+        self._lease_ids = itertools.count(1)
+        self._budget = (
+            RetryBudget(
+                ratio=retry_budget.ratio,
+                ttl=retry_budget.ttl,
+                min_per_second=retry_budget.min_per_second,
+            )
+            if retry_budget is not None
+            else None
+        )
+        self._pending_deposits = 0
+
+        self._shared = True  # False while falling back to local limits
+        self._generation = 0  # bumped on rejoin: failures of older calls are stale
+        self._fallback = LocalStore(
+            max_concurrency=self._initial, initial_concurrency=self._initial, retry_budget=None
+        )
+        self._down_since = 0.0
+        self._last_limit = self._initial
+        self._workers = 1
+        self._fallbacks = 0
+        self._rejoins = 0
+        self._round_trips: Counter[str] = Counter()
+
+        self._link_: _Link | None = None
+        self._held: set[str] = set()
+        self._orphans: set[str] = set()  # leases to return once Redis answers again
+        self._waiters: deque[_Waiter] = deque()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL,
+        *,
+        namespace: str,
+        max_concurrency: int | None = None,
+        initial_concurrency: int = 4,
+        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        lease_ttl: float = 30.0,
+        redis_timeout: float = 0.25,
+        max_connections: int = 32,
+        probe_max_delay: float = 5.0,
+        state_ttl: float = 86400.0,
+        connection_options: Mapping[str, Any] | None = None,
+    ) -> RedisStore:
+        """A store on the Redis at ``url``; see :class:`RedisStore` for the arguments."""
+        return cls(
+            url,
+            namespace=namespace,
+            max_concurrency=max_concurrency,
+            initial_concurrency=initial_concurrency,
+            retry_budget=retry_budget,
+            lease_ttl=lease_ttl,
+            redis_timeout=redis_timeout,
+            max_connections=max_connections,
+            probe_max_delay=probe_max_delay,
+            state_ttl=state_ttl,
+            connection_options=connection_options,
+        )
+
+    def __repr__(self) -> str:
+        mode = "redis" if self._shared else "local"
+        return (
+            f"RedisStore({self.redacted_url!r}, namespace={self.namespace!r}, "
+            f"limit={self.concurrency_limit}, mode={mode!r})"
+        )
+
+    # ----------------------------------------------------------------- the Store protocol
+
+    @property
+    def concurrency_limit(self) -> int:
+        """The shared limit as last seen (the local one during a fallback)."""
+        return self._last_limit if self._shared else self._fallback.concurrency_limit
+
+    async def admit(self, origin: str, deadline: float | None) -> Admission:
+        """Wait at the shared gate and pacer of ``origin``, then for a shared permit."""
+        reserved = False
+        while True:
+            if not self._shared:
+                return await self._admit_local(origin, deadline)
+            lease_id = f"{self._worker}:{next(self._lease_ids)}"
+            try:
+                reply = await self._acquire(origin, lease_id, reserved)
+            except _Unavailable:
+                self._forget(lease_id)
+                continue
+            except BaseException:
+                self._forget(lease_id)  # cancelled mid-call: the script may have granted it
+                raise
+            status, value, epoch, limit, rate_epoch, workers = (int(x) for x in reply)
+            self._last_limit, self._workers = limit, workers
+            if status == _GRANTED:
+                self._held.add(lease_id)
+                self._start("heartbeat", self._heartbeat)
+                return Admission(origin, _Lease(lease_id, value, epoch), limit, rate_epoch)
+            reserved = True
+            if status == _WAIT:
+                wait = value / 1e6
+                if deadline is not None and time.monotonic() + wait > deadline:
+                    raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
+                await asyncio.sleep(wait)
+                continue
+            remaining = _PARK_POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("no concurrency permit before max_elapsed")
+            # Woken by a release; at the latest when the oldest lease would expire.
+            await self._park(min(remaining, _PARK_POLL, value / 1e6 + 0.005))
+
+    def release(self, admission: Admission) -> None:
+        """Return the permit: at once for a local one, in a background task for a lease."""
+        permit = admission.permit
+        if not isinstance(permit, _Lease):
+            _local_of(admission).release(admission)
+            return
+        if permit.released:
+            return
+        permit.released = True
+        self._held.discard(permit.id)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._orphans.add(permit.id)
+            return
+        if not self._shared:
+            self._orphans.add(permit.id)
+            return
+        signal = admission.extra.get("signal", 0)
+        assert isinstance(signal, int)
+        self._spawn(loop, self._release_remote(permit.id, admission.origin, signal))
+
+    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
+        """Feed one answer in; successes ride on the release (no extra round trip)."""
+        permit = admission.permit
+        if not isinstance(permit, _Lease):
+            await _local_of(admission).report(admission, signal, retry_after)
+            return
+        code = _SIGNAL_CODES.get(signal)
+        if code is not None:
+            admission.extra["signal"] = code
+            return
+        if self._shared:
+            kind = 1 if signal is Signal.CONCURRENCY else 2
+            try:
+                reply = await self._run(
+                    "report",
+                    self._link().report,
+                    [
+                        self._k_ctl,
+                        self._k_permits,
+                        self._k_order,
+                        self._k_wake,
+                        self._rate_key(admission.origin),
+                    ],
+                    [
+                        kind,
+                        permit.seq,
+                        permit.epoch,
+                        -1 if retry_after is None else round(retry_after * 1000, 3),
+                        admission.rate_epoch,
+                        *self._limit_args,
+                        _BETA,
+                        _RECOVERY,
+                        _MIN_RATE,
+                    ],
+                )
+            except _Unavailable:
+                pass
+            else:
+                old, new, closed, milli = (int(x) for x in reply)
+                self._note_limit(old, new, "cut")
+                if closed:
+                    emit(
+                        GATE_EVENT,
+                        "info",
+                        origin=admission.origin,
+                        closed_for=round(retry_after or 0.0, 3),
+                        pace=round(milli / 1000, 2) if milli >= 0 else None,
+                        namespace=self.namespace,
+                    )
+                return
+        if signal is Signal.RATE:
+            # Redis is gone: the server's Retry-After still closes this process's gate.
+            pacer = self._fallback.pacer(admission.origin)
+            pacer.on_response(rate_limited=True, retry_after=retry_after, epoch=pacer.epoch)
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Park until a permit frees anywhere in the fleet, or ``timeout``."""
+        if self._shared:
+            await self._park(max(timeout, 0.0))
+        else:
+            await self._fallback.wait_for_release(timeout)
+
+    async def deposit_request(self) -> None:
+        """Count a logical request; sent to Redis with the next acquire (no round trip)."""
+        if self._budget is not None:
+            self._budget.deposit()
+            if self._shared:
+                self._pending_deposits += 1
+
+    async def try_retry(self) -> bool:
+        """Withdraw one retry from the fleet's budget (the local one during a fallback)."""
+        budget, settings = self._budget, self._budget_settings
+        if budget is None or settings is None:
+            return True
+        if self._shared:
+            deposits, self._pending_deposits = self._pending_deposits, 0
+            try:
+                ok = await self._run(
+                    "budget",
+                    self._link().budget,
+                    [self._k_budget],
+                    [
+                        deposits,
+                        settings.ratio,
+                        settings.min_per_second,
+                        settings.ttl,
+                        self._limit_args[3],
+                    ],
+                )
+            except _Unavailable:
+                pass
+            else:
+                budget.try_withdraw()  # keep the local mirror close, for a fallback
+                return bool(int(ok))
+        return budget.try_withdraw()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def stats(self) -> RedisStoreStats:
+        """Counters of this process's use of the store."""
+        return RedisStoreStats(
+            mode="redis" if self._shared else "local",
+            limit=self.concurrency_limit,
+            workers=self._workers,
+            round_trips=dict(self._round_trips),
+            fallbacks=self._fallbacks,
+            rejoins=self._rejoins,
+            held=len(self._held),
+        )
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` s) until the releases started so far have reached Redis."""
+        pending = list(self._background)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def aclose(self) -> None:
+        """Return what can be returned, stop the background tasks, close the connections."""
+        link = self._link_
+        if link is None or link.loop is not asyncio.get_running_loop():
+            self._link_ = None
+            return
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        pending = [*tasks, *self._background]
+        if pending:
+            await asyncio.wait(pending, timeout=2 * self._timeout + 0.5)
+        if self._shared and (self._orphans or self._held):
+            self._orphans |= self._held
+            self._held.clear()
+            await self._flush_orphans()
+        for waiter in self._waiters:
+            waiter.event.set()
+        self._waiters.clear()
+        self._link_ = None
+        for client in (link.client, link.waker):
+            try:
+                await client.aclose()
+            except _TROUBLE:
+                pass
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------- Redis calls
+
+    def _link(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        link = self._link_
+        if link is not None and link.loop is loop:
+            return link
+        common: dict[str, Any] = {
+            "socket_connect_timeout": self._timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            **self._options,
+        }
+        pool = BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._max_connections,
+            timeout=self._timeout,
+            socket_timeout=self._timeout,
+            **common,
+        )
+        waker_pool = BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=2,
+            timeout=self._timeout,
+            socket_timeout=_WAKE_SLICE + self._timeout,
+            **common,
+        )
+        client = Redis.from_pool(pool)
+        link = _Link(
+            loop=loop,
+            client=client,
+            waker=Redis.from_pool(waker_pool),
+            acquire=client.register_script(lua.ACQUIRE),
+            report=client.register_script(lua.REPORT),
+            release=client.register_script(lua.RELEASE),
+            renew=client.register_script(lua.RENEW),
+            budget=client.register_script(lua.BUDGET),
+        )
+        self._link_ = link
+        self._tasks.clear()  # tasks of another loop died with it
+        return link
+
+    async def _run(
+        self, kind: str, script: AsyncScript, keys: Sequence[str], args: Sequence[object]
+    ) -> Any:
+        """One script call; Redis trouble switches to local limits and raises _Unavailable.
+
+        A call that fails at once on a dropped connection (Redis restarted, an idle connection
+        closed by the server) is repeated once on a fresh connection: every script is safe to
+        run twice. A call that timed out is never repeated.
+        """
+        generation = self._generation
+        for attempt in (1, 2):
+            self._round_trips[kind] += 1
+            started = time.monotonic()
+            try:
+                return await script(keys=keys, args=args)  # type: ignore[arg-type]
+            except _TROUBLE as exc:
+                stale = (
+                    attempt == 1
+                    and isinstance(exc, redis_errors.ConnectionError)
+                    and not isinstance(exc, (redis_errors.TimeoutError, TimeoutError))
+                    and time.monotonic() - started < self._timeout / 2
+                )
+                if stale:
+                    with contextlib.suppress(*_TROUBLE):
+                        await self._link().client.connection_pool.disconnect(
+                            inuse_connections=False
+                        )
+                    continue
+                self._trouble(exc, generation)
+                raise _Unavailable from exc
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, origin: str, lease_id: str, reserved: bool) -> Sequence[Any]:
+        initial, ceiling, lease_ms, state_ms = self._limit_args
+        deposits, self._pending_deposits = self._pending_deposits, 0
+        settings = self._budget_settings or RetryBudgetSettings()
+        reply = await self._run(
+            "acquire",
+            self._link().acquire,
+            [
+                self._k_ctl,
+                self._k_permits,
+                self._k_order,
+                self._k_wake,
+                self._k_workers,
+                self._k_budget,
+                self._rate_key(origin),
+            ],
+            [
+                lease_id,
+                self._worker,
+                lease_ms,
+                initial,
+                ceiling,
+                1 if reserved else 0,
+                deposits,
+                settings.ratio,
+                settings.min_per_second,
+                settings.ttl,
+                state_ms,
+                self._worker_ttl_ms,
+            ],
+        )
+        assert isinstance(reply, list)
+        return reply
+
+    async def _release_remote(self, lease_id: str, origin: str, signal: int) -> None:
+        initial, ceiling, lease_ms, state_ms = self._limit_args
+        try:
+            reply = await self._run(
+                "release",
+                self._link().release,
+                [self._k_ctl, self._k_permits, self._k_order, self._k_wake, self._rate_key(origin)],
+                [
+                    signal,
+                    initial,
+                    ceiling,
+                    lease_ms,
+                    state_ms,
+                    _BETA,
+                    _RECOVERY,
+                    _MIN_RATE,
+                    lease_id,
+                ],
+            )
+        except _Unavailable:
+            self._orphans.add(lease_id)
+        except BaseException:
+            self._orphans.add(lease_id)
+            raise
+        else:
+            why = "slow_start" if int(reply[3]) == 1 else "grow"
+            self._note_limit(int(reply[0]), int(reply[1]), why)
+
+    async def _flush_orphans(self) -> None:
+        leases = list(self._orphans)
+        if not leases:
+            return
+        initial, ceiling, lease_ms, state_ms = self._limit_args
+        try:
+            await self._run(
+                "release",
+                self._link().release,
+                [self._k_ctl, self._k_permits, self._k_order, self._k_wake, self._rate_key("")],
+                [0, initial, ceiling, lease_ms, state_ms, _BETA, _RECOVERY, _MIN_RATE, *leases],
+            )
+        except _Unavailable:
+            return
+        self._orphans.difference_update(leases)
+
+    def _forget(self, lease_id: str) -> None:
+        """A lease that may have been granted to a call we no longer wait for."""
+        self._orphans.add(lease_id)
+        if self._shared:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._spawn(loop, self._flush_orphans())
+
+    def _rate_key(self, origin: str) -> str:
+        return f"{self._prefix}rate:{origin}"
+
+    def _note_limit(self, old: int, new: int, why: str) -> None:
+        self._last_limit = new
+        if new != old:
+            emit(LIMIT_EVENT, "info", limiter=self.namespace, old=old, new=new, why=why)
+
+    # ----------------------------------------------------------------- background tasks
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _start(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            self._tasks[name] = asyncio.get_running_loop().create_task(body())
+
+    async def _heartbeat(self) -> None:
+        """Renew this process's leases every third of the TTL while it holds any."""
+        lease_ms = self._limit_args[2]
+        while self._shared and (self._held or self._orphans):
+            await asyncio.sleep(self._lease_ttl / 3)
+            if not self._shared:
+                return
+            if self._orphans:
+                await self._flush_orphans()
+            held = list(self._held)
+            if not held:
+                continue
+            try:
+                reply = await self._run(
+                    "renew",
+                    self._link().renew,
+                    [self._k_permits, self._k_order, self._k_wake, self._k_workers, self._k_ctl],
+                    [lease_ms, self._worker, self._worker_ttl_ms, *held],
+                )
+            except _Unavailable:
+                return
+            self._workers = int(reply[1])
+
+    async def _park(self, timeout: float) -> None:
+        """Wait for a wake-up token (a permit freed somewhere), or ``timeout``."""
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._start("waker", self._waker)
+        try:
+            with anyio.move_on_after(timeout):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.woken:
+                self._wake_one()  # cancelled with a wake-up in hand: pass it on
+            raise
+        finally:
+            if not waiter.event.is_set():
+                waiter.event.set()
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+
+    def _wake_one(self) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.event.is_set():
+                waiter.woken = True
+                waiter.event.set()
+                return True
+        return False
+
+    def _wake_all(self) -> None:
+        while self._wake_one():
+            pass
+
+    async def _waker(self) -> None:
+        """One blocking pop of the wake-up list at a time, for all of this process's waiters."""
+        link = self._link()
+        generation = self._generation
+        while self._shared and any(not w.event.is_set() for w in self._waiters):
+            self._round_trips["wake"] += 1
+            try:
+                got = await link.waker.blpop([self._k_wake], timeout=_WAKE_SLICE)
+                if got is not None and not self._wake_one():
+                    # Our waiters left meanwhile: give the token back to the fleet.
+                    self._round_trips["wake"] += 1
+                    await link.waker.lpush(self._k_wake, "1")
+            except _TROUBLE as exc:
+                self._trouble(exc, generation)
+                return
+
+    # ----------------------------------------------------------------- fallback
+
+    def _trouble(self, exc: BaseException, generation: int) -> None:
+        """Redis failed: fall back to local limits once, and probe until it answers."""
+        if not self._shared or generation != self._generation:
+            return
+        self._shared = False
+        self._fallbacks += 1
+        self._down_since = time.monotonic()
+        split = max(1, self._last_limit // max(1, self._workers))
+        self._fallback = LocalStore(
+            max_concurrency=split, initial_concurrency=split, retry_budget=None
+        )
+        emit(
+            STORE_EVENT,
+            "warning",
+            action="fallback",
+            namespace=self.namespace,
+            redis=self.redacted_url,
+            error=self._describe(exc),
+            limit=split,
+            workers=self._workers,
+        )
+        self._wake_all()
+        self._start("probe", self._probe)
+
+    def _describe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            text = text.replace(self._password, "REDACTED")
+        return text[:300]
+
+    async def _probe(self) -> None:
+        """PING with jittered exponential backoff; rejoin the fleet when Redis answers."""
+        delay = _PROBE_FIRST
+        while not self._shared:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._probe_max_delay)
+            self._round_trips["probe"] += 1
+            link = self._link()
+            try:
+                for client in (link.client, link.waker):
+                    await client.connection_pool.disconnect()  # all suspect: start afresh
+                await link.client.ping()
+            except _TROUBLE:
+                continue
+            self._generation += 1
+            self._shared = True
+            self._rejoins += 1
+            emit(
+                STORE_EVENT,
+                "warning",
+                action="rejoin",
+                namespace=self.namespace,
+                redis=self.redacted_url,
+                down_for=round(time.monotonic() - self._down_since, 3),
+            )
+            if self._orphans:
+                await self._flush_orphans()
+            if self._held or self._orphans:
+                self._start("heartbeat", self._heartbeat)
+
+    async def _admit_local(self, origin: str, deadline: float | None) -> Admission:
+        local = self._fallback
+        admission = await local.admit(origin, deadline)
+        admission.extra["local"] = local
+        return admission
+
+
+def _local_of(admission: Admission) -> LocalStore:
+    local = admission.extra.get("local")
+    assert isinstance(local, LocalStore)
+    return local
