@@ -54,14 +54,13 @@ class Scenario:
 
 SCENARIOS = (
     Scenario("plan limit 8 x 50 ms", 400, 2.5, {"plan_concurrency": 8, "generation_time": 0.05}),
+    Scenario("rate 100/s burst 10", 300, 2.9, {"rate_limit": 100.0, "generation_time": 0.0}),
     Scenario(
-        "rate 100/s burst 10", 300, 2.9,
-        {"rate_limit": 100.0, "rate_burst": 10, "generation_time": 0.0},
-    ),  # fmt: skip
-    Scenario(
-        "20% transient + plan 8", 400, 2.5,
+        "20% transient + plan 8",
+        400,
+        2.5,
         {"plan_concurrency": 8, "generation_time": 0.05, "transient_rate": 0.2},
-    ),  # fmt: skip
+    ),
 )
 NEUTRAL: dict[str, Any] = {
     "plan_concurrency": None,
@@ -69,6 +68,7 @@ NEUTRAL: dict[str, Any] = {
     "transient_rate": 0.0,
     "fatal_rate": 0.0,
     "reset_rate": 0.0,
+    "rate_burst": 10,
     "generation_time": 0.05,
 }
 

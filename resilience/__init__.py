@@ -16,6 +16,9 @@ from ._backoff import Backoff, Schedule, ScheduleStep
 from ._codes import CodeTable, ErrorSpec, Handling
 from ._errors import ApiError, DeadlineExceeded
 from ._events import ATTEMPT_EVENT, Outcome
+from ._logreader import LogSummary
+from ._logreader import summarize as summarize_log
+from ._logreader import timeline as log_timeline
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
 from ._session import wrap
@@ -31,6 +34,7 @@ __all__ = [
     "ErrorSpec",
     "Handling",
     "LocalStore",
+    "LogSummary",
     "Outcome",
     "ResilienceMiddleware",
     "RetryBudgetSettings",
@@ -40,6 +44,8 @@ __all__ = [
     "Signal",
     "Store",
     "configure_logging",
+    "log_timeline",
+    "summarize_log",
     "wrap",
 ]
 

@@ -102,8 +102,7 @@ def render_schedule(schedule: Schedule, console: Console, max_elapsed: float | N
         )
     else:
         console.print(
-            f"max_elapsed {max_elapsed:g} s: retries from {first_cut} on may be given up "
-            "(their wait can end past it).",
+            f"max_elapsed {max_elapsed:g} s stops retries from {first_cut} on in the worst case.",
             highlight=False,
         )
 

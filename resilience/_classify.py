@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from ._codes import STATUS_FALLBACK, CodeTable, ErrorSpec, Handling
 
 __all__ = ["Verdict", "classify_response", "parse_retry_after", "read_envelope"]
 
+HUGE_RETRY_AFTER: Final = 1e12  # seconds; what an absurd Retry-After is read as
 _DIGITS: Final = re.compile(r"^\s*[0-9]+\s*$")
 _MS: Final = re.compile(r"^\s*[0-9]+(\.[0-9]+)?\s*$")
 _SERVER_ID_HEADERS: Final = ("X-Request-ID", "Request-Id", "X-Amzn-RequestId")
@@ -50,14 +50,14 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     """
     raw_ms = headers.get("Retry-After-Ms")
     if raw_ms is not None and _MS.match(raw_ms):
-        value = float(raw_ms) / 1000.0
-        if math.isfinite(value):
-            return value
+        return min(float(raw_ms.strip()[:20]) / 1000.0, HUGE_RETRY_AFTER)
     raw = headers.get("Retry-After")
     if raw is None:
         return None
     if _DIGITS.match(raw):
-        return float(int(raw))
+        digits = raw.strip()
+        # A huge value is still a (very long) wait: past any deadline, never an overflow.
+        return HUGE_RETRY_AFTER if len(digits) > 12 else min(float(digits), HUGE_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -103,7 +103,7 @@ async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> Mapping[str, 
     resp._body = data
     try:
         decoded = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the recursion limit
         return None
     return decoded if isinstance(decoded, dict) else None
 

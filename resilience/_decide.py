@@ -67,10 +67,10 @@ def decide(verdict: Verdict, progress: Progress) -> Decision:
         outcome = Outcome.RETRY
 
     if handling is Handling.CONCURRENCY_LIMIT and progress.deadline is not None:
-        delay = min(delay, progress.deadline - progress.now)
-        if delay <= 0:
+        remaining = progress.deadline - progress.now
+        if remaining <= 0:
             return Decision(Outcome.GIVE_UP, reason="deadline")
-        return Decision(outcome, delay=delay)
+        return Decision(outcome, delay=min(delay, remaining))
     if progress.deadline is None:
         if retry_after is not None and retry_after > MAX_RETRY_AFTER:
             return Decision(Outcome.GIVE_UP, reason="retry_after_beyond_deadline")

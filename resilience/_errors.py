@@ -7,6 +7,8 @@ from typing import Any
 
 import aiohttp
 
+from ._events import redact_url
+
 __all__ = ["ApiError", "DeadlineExceeded"]
 
 
@@ -41,6 +43,11 @@ class ApiError(aiohttp.ClientResponseError):
         self.request_id = request_id
         self.attempts = attempts
         self.server_request_id = server_request_id
+
+    def __str__(self) -> str:
+        # aiohttp's str() shows the full URL; keep credentials in query strings out of it.
+        url = redact_url(self.request_info.real_url)
+        return f"{self.status}, message={self.message!r}, url={url!r}"
 
     @property  # type: ignore[misc]
     def code(self) -> str | None:  # type: ignore[override]

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import anyio
@@ -203,6 +203,7 @@ class _Call:
         "settings",
         "start",
         "store",
+        "throttle_delays",
     )
 
     def __init__(self, mw: ResilienceMiddleware, req: ClientRequest, handler: ClientHandlerType):
@@ -217,6 +218,7 @@ class _Call:
         self.attempt = 0
         self.failures = 0
         self.delays: Iterator[float] = self.settings.backoff.delays()
+        self.throttle_delays: Iterator[float] = self.settings.backoff.delays()
         self.last_verdict: Verdict | None = None
         header = self.settings.request_id_header
         request_id = req.headers.get(header)
@@ -279,21 +281,21 @@ class _Call:
         handling = verdict.handling
         if handling is Handling.OK:
             return _OK
-        counts = handling in (Handling.TRANSIENT, Handling.PERMANENT) or (
-            self.deadline is None and handling is not Handling.OK
-        )
-        if counts:
+        # Throttles and polls are the server pacing us: bounded by the deadline, not by
+        # max_attempts; with no deadline they count, so nothing can loop forever.
+        counts = handling in (Handling.TRANSIENT, Handling.PERMANENT)
+        if counts or self.deadline is None:
             self.failures += 1
-        body = self.req.body
-        replayable = is_replayable(body)
         progress = Progress(
             failures=self.failures,
             max_attempts=self.settings.max_attempts,
             now=time.monotonic(),
             deadline=self.deadline,
-            replayable=replayable,
+            replayable=is_replayable(self.req.body),
             resend_safe=True,
-            backoff_delay=next(self.delays) if handling is not Handling.OK else 0.0,
+            # Failures and throttles/polls each walk their own schedule: a run of 429s does
+            # not make the next failure's wait long.
+            backoff_delay=next(self.delays if counts else self.throttle_delays),
         )
         decision = decide(verdict, progress)
         if decision.outcome is Outcome.RETRY and not await self.store.try_retry():
@@ -400,25 +402,25 @@ class _Call:
             return  # the common case costs nothing when DEBUG is filtered
         now = time.monotonic()
         req = self.req
-        fields = dict(
-            request_id=self.request_id,
-            method=req.method,
-            url=redact_url(req.url),
-            attempt=self.attempt,
-            status=verdict.status if resp is None else resp.status,
-            code=verdict.code,
-            handling=verdict.handling.value,
-            retryable=verdict.retryable,
-            reason=decision.reason,
-            delay=round(decision.delay, 6) if decision.delay is not None else None,
-            elapsed=round(now - self.start, 6),
-            duration=round(now - sent_at, 6) if sent_at is not None else None,
-            waited=round(waited, 6),
-            server_request_id=verdict.server_request_id
+        fields = {
+            "request_id": self.request_id,
+            "method": req.method,
+            "url": redact_url(req.url),
+            "attempt": self.attempt,
+            "status": verdict.status if resp is None else resp.status,
+            "code": verdict.code,
+            "handling": verdict.handling.value,
+            "retryable": verdict.retryable,
+            "reason": decision.reason,
+            "delay": round(decision.delay, 6) if decision.delay is not None else None,
+            "elapsed": round(now - self.start, 6),
+            "duration": round(now - sent_at, 6) if sent_at is not None else None,
+            "waited": round(waited, 6),
+            "server_request_id": verdict.server_request_id
             or (server_request_id(resp.headers) if resp is not None else None),
-            error=verdict.error,
-            limit=self.store.concurrency_limit,
-        )
+            "error": verdict.error,
+            "limit": self.store.concurrency_limit,
+        }
         emit_attempt(fields, decision.outcome, first_ok=first_ok)
 
 

@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
 from ._limits import AdaptiveLimiter, ConcurrencyPermit, RatePacer, RetryBudget
@@ -163,12 +164,15 @@ class LocalStore:
 
     async def _wait_turn(self, pacer: RatePacer, deadline: float | None) -> None:
         """Queue at the gate and pacer; each turn's wait uses the rate as it is then."""
+        # Without a deadline, a gate closed for longer than MAX_RETRY_AFTER fails fast, as the
+        # answer that closed it did (_decide): a server cannot park every later request.
+        horizon = deadline if deadline is not None else self._clock() + MAX_RETRY_AFTER
         with anyio.move_on_after(
             deadline - self._clock() if deadline is not None else math.inf
         ) as scope:
             async with pacer.turn:
                 while (wait := pacer.delay()) > 0:
-                    if deadline is not None and self._clock() + wait > deadline:
+                    if self._clock() + wait > horizon:
                         raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
                     await anyio.sleep(wait)
                 pacer.take()

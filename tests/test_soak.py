@@ -1,0 +1,231 @@
+"""Soak, short version: 1,000 logical requests at concurrency 100 against the in-process emulator
+with 10 % mixed random faults (retryable codes, non-retryable codes, connection resets), a plan
+concurrency limit, and now and then a generation slower than the client's read timeout (it runs
+on the server, the client times out: the one fault where a resend would execute twice).
+``benchmarks/soak.py`` is the full 10,000 at concurrency 500.
+
+Every request ends with a response or a typed error, nothing crashes, a POST without an
+idempotency key is never resent after a transport failure and never executed twice, a
+successful one executed exactly once, and no per-request state survives the run.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter, defaultdict
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+import pytest
+from structlog.testing import capture_logs
+from yarl import URL
+
+from resilience import ATTEMPT_EVENT, Backoff, DeadlineExceeded, ResilienceMiddleware
+from resilience._limits import ConcurrencyPermit
+from resilience._store import Admission, LocalStore
+from resilience.testing import FATAL_CODES, TRANSIENT_CODES, Emulator, EmulatorStats, Fault
+
+pytestmark = pytest.mark.anyio
+
+REQUESTS = 1_000
+CONCURRENCY = 100
+PLAN = 16
+READ_TIMEOUT = 0.1  # per attempt (sock_read); the slow generations take SLOW
+SLOW = 0.25
+SLOW_EVERY = 50  # one slow generation injected per this many requests started
+TYPED = (aiohttp.ClientError, DeadlineExceeded, TimeoutError)
+TRANSPORT_ERRORS = {"ServerDisconnectedError", "ClientOSError", "SocketTimeoutError"}
+
+Kind = Literal["post", "post-keyed", "get", "poll"]
+REQUEST_ID_PREFIX: dict[Kind, str] = {
+    "post": "keyless",
+    "post-keyed": "keyed",
+    "get": "get",
+    "poll": "poll",
+}
+
+
+def kind_of(i: int) -> Kind:
+    """60 % POSTs without a key, 20 % with one, 10 % GETs, 10 % create-then-poll."""
+    slot = i % 10
+    if slot < 6:
+        return "post"
+    if slot < 8:
+        return "post-keyed"
+    return "get" if slot == 8 else "poll"
+
+
+@dataclass
+class Result:
+    kind: Kind
+    job: str | None
+    outcome: str  # "ok", "HTTP <status> <code>", an exception class name, or "CRASH ..."
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+async def one(session: aiohttp.ClientSession, base: URL, i: int) -> Result:
+    """One logical request; its request id names it (``keyless-<i>``, ``create-<i>``...)."""
+    kind = kind_of(i)
+    job = f"{kind}-{i}" if kind.startswith("post") else None
+    headers = {"X-Request-ID": f"{REQUEST_ID_PREFIX[kind]}-{i}"}
+    kwargs: dict[str, Any] = {}
+    try:
+        if kind == "poll":
+            create = {"X-Request-ID": f"create-{i}"}
+            async with session.post(base / "v1/jobs", json={"text": "hi"}, headers=create) as r:
+                body = await r.json()
+                if r.status != 202:
+                    return Result(kind, job, f"HTTP {r.status} {body.get('code')}")
+            method, url = "GET", base / "v1/jobs" / body["id"]
+        elif kind == "get":
+            method, url = "GET", base / "v1/ping"
+        else:
+            if kind == "post-keyed":
+                headers["Idempotency-Key"] = f"key-{i}"
+            method, url = "POST", base / "v1/generate"
+            kwargs = {"json": {"job": job}}
+        async with session.request(method, url, headers=headers, **kwargs) as resp:
+            body = await resp.json()
+            if resp.status < 400:
+                return Result(kind, job, "ok")
+            return Result(kind, job, f"HTTP {resp.status} {body.get('code')}")
+    except TYPED as exc:
+        return Result(kind, job, type(exc).__name__)
+    except Exception as exc:  # a crash: anything untyped escaping
+        return Result(kind, job, f"CRASH {exc!r}")
+
+
+async def soak() -> tuple[list[Result], ResilienceMiddleware, EmulatorStats]:
+    results: list[Result] = []
+    mw = ResilienceMiddleware(
+        backoff=Backoff(initial=0.002, multiplier=2, max_delay=0.02),
+        max_attempts=4,
+        max_elapsed=10.0,
+    )
+    async with Emulator(
+        plan_concurrency=PLAN,
+        generation_time=0.002,
+        ready_after=0.01,
+        transient_rate=0.05,
+        fatal_rate=0.02,
+        reset_rate=0.03,
+        seed=20240601,
+    ) as emu:
+        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+        timeout = aiohttp.ClientTimeout(total=30, sock_read=READ_TIMEOUT)
+        async with aiohttp.ClientSession(
+            middlewares=(mw,), connector=connector, timeout=timeout
+        ) as session:
+            slots = anyio.CapacityLimiter(CONCURRENCY)
+
+            async def run(i: int) -> None:
+                async with slots:
+                    if i % SLOW_EVERY == 0:  # the next /v1/generate, whichever it is, is slow
+                        emu.inject(Fault.slow(SLOW), times=1, path="/v1/generate")
+                    results.append(await one(session, emu.url, i))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(REQUESTS):
+                        tg.start_soon(run, i)
+            emu.clear_faults()
+
+            assert len(connector._acquired) == 0
+            store = mw.store
+            assert isinstance(store, LocalStore)
+            assert (store.limiter.in_flight, store.limiter.waiting) == (0, 0)
+        # Let the slow generations the client gave up on finish on the server before counting.
+        await anyio.sleep(SLOW + 0.1)
+        for _ in range(500):
+            if not emu.stats.in_flight:
+                break
+            await anyio.sleep(0.01)
+        return results, mw, emu.stats
+
+
+async def test_soak_short() -> None:
+    with capture_logs() as events:
+        results, mw, stats = await soak()
+    store = mw.store
+    assert isinstance(store, LocalStore)
+    outcomes = Counter(r.outcome for r in results)
+
+    # Every request ended with a response or a typed error; nothing crashed.
+    assert len(results) == REQUESTS
+    assert [r.outcome for r in results if r.outcome.startswith("CRASH")] == []
+    # The faults did happen: resets, retryable and fatal codes, the plan limit, slow answers.
+    assert stats.by_code["reset"] > 0
+    assert sum(stats.by_code[c] for c in TRANSIENT_CODES) > 0
+    assert sum(stats.by_code[c] for c in FATAL_CODES) > 0
+    assert stats.by_code["GENERATION_CONCURRENCY_EXCEEDED"] > 0
+    assert outcomes["SocketTimeoutError"] > 0
+    assert stats.max_in_flight <= PLAN
+    # Most requests succeed; the failures are the documented ones: a non-retryable code, a
+    # retryable one after max_attempts, a transport failure of a keyless POST, DeadlineExceeded.
+    assert outcomes["ok"] >= REQUESTS * 0.8, outcomes
+    codes = (*FATAL_CODES, *TRANSIENT_CODES, "GENERATION_CONCURRENCY_EXCEEDED")
+    for r in results:
+        if r.ok:
+            continue
+        if r.outcome.startswith("HTTP "):
+            assert r.outcome.split()[-1] in codes, r
+        else:
+            assert r.outcome in (*TRANSPORT_ERRORS, "DeadlineExceeded"), r
+
+    # Per logical request, from its attempt events: after a transport failure a keyless POST
+    # is never resent, while GETs and keyed POSTs are (until max_attempts); every request the
+    # server saw was logged once.
+    by_request: dict[str, list[MutableMapping[str, Any]]] = defaultdict(list)
+    for event in events:
+        if event["event"] == ATTEMPT_EVENT:
+            by_request[event["request_id"]].append(event)
+    keyless = {rid for rid in by_request if rid.startswith(("keyless-", "create-"))}
+    assert len(keyless) == REQUESTS * 7 // 10
+    resent_after_transport = 0
+    for rid, trail in by_request.items():
+        for event in trail:
+            if event["error"] is None:
+                continue
+            if rid in keyless:
+                assert event is trail[-1], trail
+                assert (event["outcome"], event["reason"]) == ("give_up", "not_idempotent")
+            elif event["outcome"] == "retry":
+                resent_after_transport += 1
+            else:
+                assert event["reason"] in ("max_attempts", "retry_budget", "deadline"), trail
+    assert resent_after_transport > 0
+    sent = [e for e in events if e["event"] == ATTEMPT_EVENT and e["duration"] is not None]
+    assert len(sent) == stats.requests
+
+    # Nothing executed twice without a key; a keyless POST that succeeded ran exactly once, one
+    # that failed before reaching the generation never ran. Duplicates are keyed POSTs only
+    # (resent after a read timeout with the same key, for the server to deduplicate).
+    for r in results:
+        if r.kind == "post":
+            assert r.job is not None
+            runs = stats.executions[r.job]
+            if r.ok:
+                assert runs == 1, r
+            elif r.outcome == "SocketTimeoutError":
+                assert runs <= 1, r  # sent, then no answer in time: it may have run, once
+            else:
+                assert runs == 0, r
+    twice = {job for job, n in stats.executions.items() if n > 1}
+    assert all(job.startswith("post-keyed-") for job in twice), twice
+    assert stats.duplicates == len(twice)
+
+    # No per-request state survives.
+    assert store.limiter._in_flight == {}
+    assert len(store.limiter._parked) == 0
+    assert len(store._pacers) == 1
+    gc.collect()
+    leftovers = Counter(
+        type(o).__name__ for o in gc.get_objects() if isinstance(o, (ConcurrencyPermit, Admission))
+    )
+    assert leftovers == Counter()
