@@ -231,12 +231,14 @@ class WindowRate:
 
     Until a whole window has passed it averages over the time since the first response (at
     least ``minimum`` seconds), so the first 429 of a run is cut from a real rate, not from 0
-    as botocore's smoothed clocker would.
+    as botocore's smoothed clocker would. A short minimum errs high on purpose: an estimate
+    that is too high costs a few 429s (each cuts the rate by ``beta``), one too low costs
+    seconds of slow CUBIC growth.
     """
 
     __slots__ = ("_counts", "_first", "_minimum", "_slot", "_slot_len", "_window")
 
-    def __init__(self, window: float = 1.0, slots: int = 20, minimum: float = 0.1) -> None:
+    def __init__(self, window: float = 1.0, slots: int = 20, minimum: float = 0.01) -> None:
         self._window = window
         self._slot_len = window / slots
         self._counts = [0] * slots

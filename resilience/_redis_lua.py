@@ -105,11 +105,13 @@ local function budget(key, now, deposits, withdraw, ratio, min_per_second, ttl, 
   return ok
 end
 
--- one response into the origin's gate and CUBIC pacer (RatePacer.on_response)
+-- one response into the origin's gate and CUBIC pacer (RatePacer.on_response, simplified:
+-- the rate a cut starts from is what the server let through over the last second, counted
+-- in a sliding window of two 1 s buckets, instead of RateClocker's smoothed response rate)
 local function rate_response(key, now, limited, retry_after, epoch_sent, beta, recovery,
                              min_rate, state_ttl)
   local v = redis.call('HMGET', key, 'blocked', 'epoch', 'rate', 'tokens', 'tlast', 'wmax',
-                       'lastfail', 'ccount', 'cmeas', 'cbucket', 'resp', 'started')
+                       'lastfail', 'wcur', 'wprev', 'wstart', 'started')
   local blocked = tonumber(v[1]) or 0
   local epoch = tonumber(v[2]) or 0
   local rate = tonumber(v[3])
@@ -117,22 +119,22 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, beta, r
   local tlast = tonumber(v[5]) or now
   local wmax = tonumber(v[6]) or 0
   local lastfail = tonumber(v[7]) or now
-  -- measured response rate, smoothed over 100 ms buckets (RateClocker)
-  -- (unlike RateClocker, the first bucket starts at the first response, not at a whole second,
-  -- so a 429 in the first second is not cut from a rate measured over a partial bucket)
-  local bucket = math.floor(now / 100) * 100
-  local count = (tonumber(v[8]) or 0) + 1
-  local measured = tonumber(v[9]) or 0
-  local cbucket = tonumber(v[10]) or bucket
-  local resp = (tonumber(v[11]) or 0) + 1
-  local started = tonumber(v[12]) or now
-  if bucket > cbucket then
-    measured = count / ((bucket - cbucket) / 1000) * 0.8 + measured * 0.2
-    count = 0
-    cbucket = bucket
+  local cur = tonumber(v[8]) or 0
+  local prev = tonumber(v[9]) or 0
+  local wstart = tonumber(v[10]) or now
+  local started = tonumber(v[11]) or now
+  if now - wstart >= 2000 then
+    prev, cur, wstart = 0, 0, now
+  elseif now - wstart >= 1000 then
+    prev, cur, wstart = cur, 0, wstart + 1000
   end
-  local m = measured
-  if m <= 0 then m = resp / math.max((now - started) / 1000, 0.1) end
+  if not limited then cur = cur + 1 end
+  local through
+  if now - started < 1000 then
+    through = (prev + cur) / math.max((now - started) / 1000, 0.1)
+  else
+    through = prev * (1 - (now - wstart) / 1000) + cur
+  end
   local closed = 0
   local new_rate = nil
   if limited then
@@ -141,19 +143,17 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, beta, r
       blocked = now + retry_after
     end
     if epoch_sent == epoch then
+      -- a cut, at most once per round trip: only sends paced since the last cut may cut
       epoch = epoch + 1
-      local current = m
-      if rate then current = math.min(m, rate) end
-      current = math.max(current, min_rate)
-      wmax = current
+      wmax = math.max(through, min_rate)
       lastfail = now
-      new_rate = current * beta
+      new_rate = wmax * beta
     end
   elseif rate then
-    -- CUBIC: back at the rate that was cut `recovery` seconds after the cut
+    -- CUBIC: back at the rate that was cut `recovery` seconds after the cut, then probing
     local scale = math.max(wmax * (1 - beta) / (recovery ^ 3), 1e-9)
     local dt = (now - lastfail) / 1000 - recovery
-    new_rate = math.min(scale * dt ^ 3 + wmax, 2 * math.max(m, min_rate))
+    new_rate = math.min(scale * dt ^ 3 + wmax, 2 * math.max(through, min_rate))
   end
   if new_rate then
     if rate == nil then
@@ -168,8 +168,8 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, beta, r
     redis.call('HSET', key, 'rate', rate, 'tokens', tokens, 'tlast', tlast, 'wmax', wmax,
                'lastfail', lastfail)
   end
-  redis.call('HSET', key, 'blocked', blocked, 'epoch', epoch, 'ccount', count,
-             'cmeas', measured, 'cbucket', cbucket, 'resp', resp, 'started', started)
+  redis.call('HSET', key, 'blocked', blocked, 'epoch', epoch, 'wcur', cur, 'wprev', prev,
+             'wstart', wstart, 'started', started)
   redis.call('PEXPIRE', key, state_ttl)
   local milli = -1
   if rate then milli = math.floor(rate * 1000) end
@@ -181,11 +181,14 @@ ACQUIRE: Final = (
     _PRELUDE
     + r"""
 -- KEYS: ctl permits order wake workers budget rate
--- ARGV: lease worker lease_ttl_ms initial ceiling reserved deposits ratio min_per_second
+-- ARGV: lease worker lease_ttl_ms initial ceiling slot_epoch deposits ratio min_per_second
 --       budget_ttl state_ttl_ms worker_ttl_ms
--- -> {0, seq, epoch, limit, rate_epoch, workers}   granted
---    {1, wait_us, 0, limit, rate_epoch, workers}   gate closed or paced: wait, then call again
---    {2, expiry_us, 0, limit, rate_epoch, workers} every permit taken: wait for a wake-up
+-- slot_epoch: -1, or the pacing epoch of the sending slot reserved by an earlier call (a send
+-- keeps the epoch of its slot, so sends scheduled before a cut do not cut again)
+-- -> {0, seq, epoch, limit, send_epoch, workers, ahead}   granted, with `ahead` permits
+--                                                           already in flight
+--    {1, wait_us, 0, limit, slot_epoch, workers}   gate closed or paced: wait, then call again
+--    {2, expiry_us, 0, limit, slot_epoch, workers} every permit taken: wait for a wake-up
 --                                                  (at most until the oldest lease expires)
 local ctl, permits, order, wake, workers, bkey, rkey =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -214,10 +217,16 @@ end
 local blocked = tonumber(rv[1]) or 0
 local repoch = tonumber(rv[2]) or 0
 local gate = math.max(0, blocked - now)
-if ARGV[6] == '0' or gate > 0 then
-  -- RatePacer.reserve: wait for the gate, then take a token (borrowing from the future)
+local slot = tonumber(ARGV[6])
+local send_epoch = slot
+if slot < 0 or gate > 0 then
+  -- RatePacer.reserve: wait for the gate, then take a token (borrowing from the future).
+  -- A caller keeps its slot while it waits for a permit; a gate closing meanwhile costs it
+  -- its slot, and it takes a new one.
   local wait = gate
   local rate = tonumber(rv[3])
+  send_epoch = repoch
+  slot = -1
   if rate then
     local t = now + gate
     local tokens = tonumber(rv[4]) or 0
@@ -229,9 +238,10 @@ if ARGV[6] == '0' or gate > 0 then
     tokens = tokens - 1
     redis.call('HSET', rkey, 'tokens', tokens, 'tlast', last)
     if tokens < 0 then wait = wait - tokens * 1000 / rate end
+    slot = repoch
   end
   if wait > 0 then
-    return {1, math.ceil(wait * 1000), 0, st.limit, repoch, nworkers}
+    return {1, math.ceil(wait * 1000), 0, st.limit, slot, nworkers}
   end
 end
 
@@ -239,15 +249,16 @@ if redis.call('ZCARD', permits) >= st.limit then
   local first = redis.call('ZRANGE', permits, 0, 0, 'WITHSCORES')
   local expiry = lease_ttl
   if first[2] then expiry = math.max(0, tonumber(first[2]) - now) end
-  return {2, math.ceil(expiry * 1000), 0, st.limit, repoch, nworkers}
+  return {2, math.ceil(expiry * 1000), 0, st.limit, slot, nworkers}
 end
+local ahead = redis.call('ZCARD', permits)
 local seq = redis.call('HINCRBY', ctl, 'seq', 1)
 redis.call('PEXPIRE', ctl, state_ttl)
 redis.call('ZADD', permits, now + lease_ttl, ARGV[1])
 redis.call('ZADD', order, seq, ARGV[1])
 redis.call('PEXPIRE', permits, 2 * lease_ttl)
 redis.call('PEXPIRE', order, 2 * lease_ttl)
-return {0, seq, st.epoch, st.limit, repoch, nworkers}
+return {0, seq, st.epoch, st.limit, send_epoch, nworkers, ahead}
 """
 )
 
@@ -255,7 +266,7 @@ REPORT: Final = (
     _PRELUDE
     + r"""
 -- A throttling answer, applied at once. KEYS: ctl permits order wake rate
--- ARGV: kind (1 = plan limit, 2 = rate limit) seq permit_epoch retry_after_ms rate_epoch
+-- ARGV: kind (1 = plan limit, 2 = rate limit) ahead permit_epoch retry_after_ms rate_epoch
 --       initial ceiling lease_ttl_ms state_ttl_ms beta recovery min_rate
 -- -> {old_limit, new_limit, gate_closed, pace_milli_rps (-1: not pacing)}
 local ctl, permits, order, wake, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -268,9 +279,10 @@ local st = load_limit(ctl, tonumber(ARGV[6]), ceiling)
 local old = st.limit
 purge(permits, order, wake, now, st.limit, 2 * lease_ttl)
 if kind == 1 and tonumber(ARGV[3]) == st.epoch then
-  -- AdaptiveLimiter.on_concurrency_exceeded: cut to the older requests in flight, at least by
-  -- one, once per round trip (only permits taken since the last cut may cut again)
-  local older = redis.call('ZCOUNT', order, '-inf', '(' .. ARGV[2])
+  -- AdaptiveLimiter.on_concurrency_exceeded: cut to the requests already in flight when the
+  -- rejected one was sent (what the server had admitted), at least by one, once per round
+  -- trip (only permits taken since the last cut may cut again)
+  local older = tonumber(ARGV[2])
   st.slow = 0
   st.growth = 0
   st.epoch = st.epoch + 1

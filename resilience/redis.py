@@ -70,16 +70,16 @@ class _Unavailable(Exception):
 class _Lease:
     """The ``permit`` of a shared admission: one lease in the namespace's ``permits`` set."""
 
-    __slots__ = ("epoch", "id", "released", "seq")
+    __slots__ = ("ahead", "epoch", "id", "released")
 
-    def __init__(self, lease_id: str, seq: int, epoch: int) -> None:
+    def __init__(self, lease_id: str, epoch: int, ahead: int) -> None:
         self.id = lease_id
-        self.seq = seq
-        self.epoch = epoch
+        self.epoch = epoch  # the limit's cut counter when the permit was taken
+        self.ahead = ahead  # permits in flight in the fleet when it was taken
         self.released = False
 
     def __repr__(self) -> str:
-        return f"_Lease({self.id!r}, seq={self.seq}, epoch={self.epoch})"
+        return f"_Lease({self.id!r}, epoch={self.epoch}, ahead={self.ahead})"
 
 
 class _Waiter:
@@ -244,6 +244,8 @@ class RedisStore:
         self._held: set[str] = set()
         self._orphans: set[str] = set()  # leases to return once Redis answers again
         self._waiters: deque[_Waiter] = deque()
+        self._acquiring = 0  # acquire calls on their way
+        self._free_hint = self._initial  # free permits in the fleet, as last seen
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -294,26 +296,43 @@ class RedisStore:
 
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         """Wait at the shared gate and pacer of ``origin``, then for a shared permit."""
-        reserved = False
+        slot_epoch = -1  # the pacing epoch of our reserved sending slot, once we hold one
+        if self._shared and (
+            self._parked() or self._acquiring >= max(1, self._free_hint)
+        ):
+            # The fleet looked full a moment ago: queue behind this process's waiters instead
+            # of asking Redis; a freed permit (or a grant with room to spare) wakes us.
+            remaining = _PARK_POLL if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("no concurrency permit before max_elapsed")
+            await self._park(min(remaining, _PARK_POLL))
         while True:
             if not self._shared:
                 return await self._admit_local(origin, deadline)
             lease_id = f"{self._worker}:{next(self._lease_ids)}"
+            self._acquiring += 1
             try:
-                reply = await self._acquire(origin, lease_id, reserved)
+                reply = await self._acquire(origin, lease_id, slot_epoch)
             except _Unavailable:
                 self._forget(lease_id)
                 continue
             except BaseException:
                 self._forget(lease_id)  # cancelled mid-call: the script may have granted it
                 raise
-            status, value, epoch, limit, rate_epoch, workers = (int(x) for x in reply)
+            finally:
+                self._acquiring -= 1
+            status, value, epoch, limit, slot_epoch, workers = (int(x) for x in reply[:6])
             self._last_limit, self._workers = limit, workers
             if status == _GRANTED:
+                ahead = int(reply[6])
                 self._held.add(lease_id)
                 self._start("heartbeat", self._heartbeat)
-                return Admission(origin, _Lease(lease_id, value, epoch), limit, rate_epoch)
-            reserved = True
+                self._free_hint = limit - ahead - 1
+                for _ in range(self._free_hint - self._acquiring):
+                    if not self._wake_one():  # room to spare: let queued requests ask
+                        break
+                return Admission(origin, _Lease(lease_id, epoch, ahead), limit, slot_epoch)
+            self._free_hint = 0
             if status == _WAIT:
                 wait = value / 1e6
                 if deadline is not None and time.monotonic() + wait > deadline:
@@ -373,7 +392,7 @@ class RedisStore:
                     ],
                     [
                         kind,
-                        permit.seq,
+                        permit.ahead,
                         permit.epoch,
                         -1 if retry_after is None else round(retry_after * 1000, 3),
                         admission.rate_epoch,
@@ -576,7 +595,7 @@ class RedisStore:
                 raise _Unavailable from exc
         raise AssertionError("unreachable")
 
-    async def _acquire(self, origin: str, lease_id: str, reserved: bool) -> Sequence[Any]:
+    async def _acquire(self, origin: str, lease_id: str, slot_epoch: int) -> Sequence[Any]:
         initial, ceiling, lease_ms, state_ms = self._limit_args
         deposits, self._pending_deposits = self._pending_deposits, 0
         settings = self._budget_settings or RetryBudgetSettings()
@@ -598,7 +617,7 @@ class RedisStore:
                 lease_ms,
                 initial,
                 ceiling,
-                1 if reserved else 0,
+                slot_epoch,
                 deposits,
                 settings.ratio,
                 settings.min_per_second,
@@ -727,6 +746,9 @@ class RedisStore:
                 except ValueError:
                     pass
 
+    def _parked(self) -> bool:
+        return any(not w.event.is_set() for w in self._waiters)
+
     def _wake_one(self) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -744,7 +766,7 @@ class RedisStore:
         """One blocking pop of the wake-up list at a time, for all of this process's waiters."""
         link = self._link()
         generation = self._generation
-        while self._shared and any(not w.event.is_set() for w in self._waiters):
+        while self._shared and self._parked():
             self._round_trips["wake"] += 1
             try:
                 got = await link.waker.blpop([self._k_wake], timeout=_WAKE_SLICE)
