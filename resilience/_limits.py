@@ -460,6 +460,8 @@ class RetryBudget:
 
     def _advance(self) -> int:
         now = math.floor(self._clock())
+        if now == self._second:
+            return now % self._slots
         if now - self._second >= self._slots:
             self._deposits = [0.0] * self._slots
             self._withdrawals = [0.0] * self._slots

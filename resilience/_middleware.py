@@ -217,8 +217,9 @@ class _Call:
         self.deadline = self.start + max_elapsed if max_elapsed is not None else None
         self.attempt = 0
         self.failures = 0
-        self.delays: Iterator[float] = self.settings.backoff.delays()
-        self.throttle_delays: Iterator[float] = self.settings.backoff.delays()
+        # Made on first need: most requests never wait.
+        self.delays: Iterator[float] | None = None
+        self.throttle_delays: Iterator[float] | None = None
         self.last_verdict: Verdict | None = None
         header = self.settings.request_id_header
         request_id = req.headers.get(header)
@@ -243,8 +244,8 @@ class _Call:
                 admission = await store.admit(origin, self.deadline)
             except DeadlineExceeded as exc:
                 self._deadline_before_send(exc, began)
-            waited = time.monotonic() - began
             sent_at = time.monotonic()
+            waited = sent_at - began
             try:
                 resp = await self.handler(req)
             except BaseException as exc:
@@ -256,7 +257,7 @@ class _Call:
                 await store.report(
                     admission, _SIGNALS.get(verdict.handling, Signal.OTHER), verdict.retry_after
                 )
-                decision = await self._decide(verdict)
+                decision = _OK if verdict is _OK_VERDICT else await self._decide(verdict)
             except BaseException:
                 resp.close()
                 store.release(admission)
@@ -295,12 +296,21 @@ class _Call:
             resend_safe=True,
             # Failures and throttles/polls each walk their own schedule: a run of 429s does
             # not make the next failure's wait long.
-            backoff_delay=next(self.delays if counts else self.throttle_delays),
+            backoff_delay=self._next_delay(throttle=not counts),
         )
         decision = decide(verdict, progress)
         if decision.outcome is Outcome.RETRY and not await self.store.try_retry():
             return Decision(Outcome.GIVE_UP, reason="retry_budget")
         return decision
+
+    def _next_delay(self, *, throttle: bool) -> float:
+        if throttle:
+            if self.throttle_delays is None:
+                self.throttle_delays = self.settings.backoff.delays()
+            return next(self.throttle_delays)
+        if self.delays is None:
+            self.delays = self.settings.backoff.delays()
+        return next(self.delays)
 
     async def _after_transport_error(
         self, exc: BaseException, waited: float, sent_at: float
@@ -324,7 +334,7 @@ class _Call:
             deadline=self.deadline,
             replayable=is_replayable(self.req.body),
             resend_safe=self.idempotent or isinstance(exc, _NOT_SENT),
-            backoff_delay=next(self.delays),
+            backoff_delay=self._next_delay(throttle=False),
         )
         decision = decide(verdict, progress)
         if decision.outcome is Outcome.RETRY and not await self.store.try_retry():
