@@ -9,7 +9,8 @@ GENERATION_CONCURRENCY_EXCEEDED) well below the client's concurrency; and one ge
 slower than the client's per-attempt read timeout (it runs on the server while the client times
 out: the fault where resending a POST without an idempotency key would execute it twice). The
 request mix: 60 % POSTs without an idempotency key, 20 % POSTs with one, 10 % GETs, 10 %
-create-a-job-then-poll (425 until ready).
+create-a-job-then-poll (425 until ready). The mix and the client driving it are
+``tests/soak_workload.py``, which ``tests/test_soak.py`` runs at 1,000 requests.
 
 Checks, reported in the table and in the exit code: every request ends with a response or a
 typed error (no crash), no POST without a key executed twice, no keyless POST lost (succeeded
@@ -23,84 +24,27 @@ import argparse
 import asyncio
 import json
 import logging
-import resource
 import subprocess
 import sys
-import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Final
 
 import aiohttp
-import anyio
 import structlog
 from yarl import URL
 
-from resilience import Backoff, DeadlineExceeded, ResilienceMiddleware
-from resilience.testing import Emulator, Fault
+ROOT: Final = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-TYPED = (aiohttp.ClientError, DeadlineExceeded, TimeoutError)
+from resilience import Backoff, ResilienceMiddleware  # noqa: E402
+from resilience.testing import Emulator, Fault  # noqa: E402
+from tests.soak_workload import MIXED_FAULTS, Report, lost, run  # noqa: E402
+
 READ_TIMEOUT = 0.5  # the client's per-attempt read timeout (sock_read)
 SLOW = 1.0  # how long a slow generation takes
 SLOW_EVERY = 50  # one /v1/generate in this many is slow
-Kind = Literal["post", "post-keyed", "get", "poll"]
-
-
-def kind_of(i: int) -> Kind:
-    slot = i % 10
-    if slot < 6:
-        return "post"
-    if slot < 8:
-        return "post-keyed"
-    return "get" if slot == 8 else "poll"
-
-
-@dataclass
-class Result:
-    kind: Kind
-    job: str | None
-    outcome: str  # "ok", "HTTP <status> <code>", an exception class name, or "CRASH <repr>"
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-
-async def one(session: aiohttp.ClientSession, base: URL, i: int) -> Result:
-    kind = kind_of(i)
-    job = f"{kind}-{i}" if kind.startswith("post") else None
-    kwargs: dict[str, Any] = {}
-    try:
-        if kind == "poll":
-            async with session.post(base / "v1/jobs", json={"text": "hi"}) as resp:
-                body = await resp.json()
-                if resp.status != 202:
-                    return Result(kind, job, f"HTTP {resp.status} {body.get('code')}")
-            method, url = "GET", base / "v1/jobs" / body["id"]
-        elif kind == "get":
-            method, url = "GET", base / "v1/ping"
-        else:
-            headers = {"Idempotency-Key": f"key-{i}"} if kind == "post-keyed" else {}
-            method, url = "POST", base / "v1/generate"
-            kwargs = {"json": {"job": job}, "headers": headers}
-        async with session.request(method, url, **kwargs) as resp:
-            body = await resp.json()
-            if resp.status < 400:
-                return Result(kind, job, "ok")
-            return Result(kind, job, f"HTTP {resp.status} {body.get('code')}")
-    except TYPED as exc:
-        return Result(kind, job, type(exc).__name__)
-    except Exception as exc:  # anything untyped escaping is a crash
-        return Result(kind, job, f"CRASH {exc!r}")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / (1024 * 1024)
 
 
 # ------------------------------------------------------------------ the server process
@@ -109,12 +53,10 @@ def current_rss_mb() -> float:
 async def serve(plan: int, seed: int) -> None:
     """The emulator, plus a slow generation injected for every SLOW_EVERY-th /v1/generate."""
     async with Emulator(
+        MIXED_FAULTS,
         plan_concurrency=plan,
         generation_time=0.005,
         ready_after=0.05,
-        transient_rate=0.05,
-        fatal_rate=0.02,
-        reset_rate=0.03,
         seed=seed,
     ) as emu:
         print(f"listening on {emu.url}", flush=True)
@@ -155,47 +97,14 @@ class Server:
 # ------------------------------------------------------------------ the client
 
 
-@dataclass
-class Report:
-    results: list[Result] = field(default_factory=list)
-    marks: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # n: peak, now, t
-    stats: dict[str, Any] = field(default_factory=dict)
-    wall: float = 0.0
-    leaked_connections: int = 0
-    leaked_permits: int = 0
-
-
-async def run(base: URL, requests: int, concurrency: int, marks: set[int]) -> Report:
-    report = Report()
+async def measure(base: URL, requests: int, concurrency: int, marks: set[int]) -> Report:
     mw = ResilienceMiddleware(
         backoff=Backoff(initial=0.01, multiplier=2, max_delay=0.5),
         max_attempts=5,
         max_elapsed=30.0,
     )
-    connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60, sock_read=READ_TIMEOUT)
-    async with aiohttp.ClientSession(
-        middlewares=(mw,), connector=connector, timeout=timeout
-    ) as session:
-        started = time.monotonic()
-        pending = iter(range(requests))
-
-        async def worker() -> None:
-            # A fixed pool of workers: memory reflects the steady state, not 10k queued tasks.
-            for i in pending:
-                report.results.append(await one(session, base, i))
-                done = len(report.results)
-                if done in marks:
-                    now = current_rss_mb()
-                    report.marks[done] = (max(peak_rss_mb(), now), now, time.monotonic() - started)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
-        report.wall = time.monotonic() - started
-        report.leaked_connections = len(connector._acquired)
-        limiter = getattr(mw.store, "limiter", None)
-        report.leaked_permits = limiter.in_flight if limiter is not None else 0
+    report = await run(base, mw, requests, concurrency, timeout=timeout, marks=marks)
     await asyncio.sleep(SLOW + 0.2)  # generations the client timed out on finish server-side
     async with aiohttp.ClientSession() as plain:
         async with plain.get(base / "_emulator/stats") as resp:
@@ -213,16 +122,7 @@ def render(report: Report, requests: int, concurrency: int, plan: int) -> tuple[
     keyless = [r for r in results if r.kind == "post" and r.job is not None]
     twice = sum(1 for r in keyless if executions.get(r.job or "", 0) > 1)
     timed_out = sum(1 for r in keyless if r.outcome == "SocketTimeoutError")
-
-    def lost(r: Result) -> bool:
-        runs = executions.get(r.job or "", 0)
-        if r.ok:
-            return runs != 1
-        if r.outcome == "SocketTimeoutError":  # sent, no answer in time: it may have run, once
-            return runs > 1
-        return runs != 0
-
-    lost_count = sum(1 for r in keyless if lost(r))
+    lost_count = sum(1 for r in keyless if lost(r, executions))
     keyed_twice = sum(1 for n in stats["idempotency_executions"].values() if n > 1)
     by_code: dict[str, int] = stats["by_code"]
     width = 60
@@ -291,7 +191,7 @@ def main() -> None:
     marks = {n for n in (1_000, args.requests // 2, args.requests) if 0 < n <= args.requests}
     server = Server(args.plan, args.seed)
     try:
-        report = asyncio.run(run(server.url, args.requests, args.concurrency, marks))
+        report = asyncio.run(measure(server.url, args.requests, args.concurrency, marks))
     finally:
         server.stop()
     text, healthy = render(report, args.requests, args.concurrency, args.plan)

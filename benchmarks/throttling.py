@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -77,15 +78,30 @@ class Retryable(Exception):
     """What the peers raise to ask for a retry (they retry on exceptions)."""
 
 
-Job = Callable[[aiohttp.ClientSession, URL, str], Awaitable[bool]]
+LOST = (Retryable, aiohttp.ClientError, asyncio.TimeoutError)  # what a job's failure ends in
+Poster = aiohttp.ClientSession | RetryClient
 
 
-async def _post_checked(session: aiohttp.ClientSession, url: URL, job: str) -> bool:
+async def _post(session: Poster, url: URL, job: str, *, raise_retryable: bool = False) -> bool:
+    """Whether job ``job`` was generated; ``raise_retryable``: a retryable status raises
+    :class:`Retryable` instead, for the peers that retry on exceptions."""
     async with session.post(url, json={"job": job}) as resp:
         await resp.read()
-        if resp.status in RETRY_STATUSES:
+        if raise_retryable and resp.status in RETRY_STATUSES:
             raise Retryable(resp.status)
         return resp.status == 200
+
+
+async def _all_at_once(jobs: list[str], send: Callable[[str], Awaitable[bool]]) -> list[bool]:
+    """Every job sent at once; a job whose ``send`` raises is lost."""
+
+    async def one(job: str) -> bool:
+        try:
+            return await send(job)
+        except LOST:
+            return False
+
+    return list(await asyncio.gather(*(one(j) for j in jobs)))
 
 
 async def run_resilience(base: URL, jobs: list[str]) -> list[bool]:
@@ -96,16 +112,7 @@ async def run_resilience(base: URL, jobs: list[str]) -> list[bool]:
     )
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(middlewares=(mw,), connector=connector) as session:
-
-        async def one(job: str) -> bool:
-            try:
-                async with session.post(base / "v1/generate", json={"job": job}) as resp:
-                    await resp.read()
-                    return resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
+        return await _all_at_once(jobs, functools.partial(_post, session, base / "v1/generate"))
 
 
 async def run_aiohttp_retry(base: URL, jobs: list[str]) -> list[bool]:
@@ -122,16 +129,7 @@ async def run_aiohttp_retry(base: URL, jobs: list[str]) -> list[bool]:
     async with RetryClient(
         client_session=aiohttp.ClientSession(connector=connector), retry_options=options
     ) as client:
-
-        async def one(job: str) -> bool:
-            try:
-                async with client.post(base / "v1/generate", json={"job": job}) as resp:
-                    await resp.read()
-                    return resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
+        return await _all_at_once(jobs, functools.partial(_post, client, base / "v1/generate"))
 
 
 async def run_tenacity(base: URL, jobs: list[str]) -> list[bool]:
@@ -145,15 +143,9 @@ async def run_tenacity(base: URL, jobs: list[str]) -> list[bool]:
             reraise=True,
         )
         async def call(job: str) -> bool:
-            return await _post_checked(session, base / "v1/generate", job)
+            return await _post(session, base / "v1/generate", job, raise_retryable=True)
 
-        async def one(job: str) -> bool:
-            try:
-                return await call(job)
-            except (Retryable, aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
+        return await _all_at_once(jobs, call)
 
 
 async def run_stamina(base: URL, jobs: list[str]) -> list[bool]:
@@ -169,15 +161,9 @@ async def run_stamina(base: URL, jobs: list[str]) -> list[bool]:
             wait_exp_base=2,
         )
         async def call(job: str) -> bool:
-            return await _post_checked(session, base / "v1/generate", job)
+            return await _post(session, base / "v1/generate", job, raise_retryable=True)
 
-        async def one(job: str) -> bool:
-            try:
-                return await call(job)
-            except (Retryable, aiohttp.ClientError, asyncio.TimeoutError):
-                return False
-
-        return list(await asyncio.gather(*(one(j) for j in jobs)))
+        return await _all_at_once(jobs, call)
 
 
 CLIENTS: dict[str, Callable[[URL, list[str]], Awaitable[list[bool]]]] = {

@@ -34,6 +34,7 @@ class Verdict:
     retry_after: float | None = None
     server_request_id: str | None = None
     error: str | None = None  # transport exception class name
+    known_code: bool = False  # the code was found in the table (not a status fallback)
 
     @property
     def retryable(self) -> bool:
@@ -110,18 +111,18 @@ async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> Mapping[str, 
 
 def classify(
     status: int, envelope: Mapping[str, Any] | None, table: CodeTable
-) -> tuple[Handling, str | None, str | None]:
-    """(handling, code, detail): the code decides; the status is the fallback."""
+) -> tuple[Handling, str | None, str | None, bool]:
+    """(handling, code, detail, known): the code decides; the status is the fallback."""
     if status < 400:
-        return Handling.OK, None, None
+        return Handling.OK, None, None, False
     code = envelope.get("code") if envelope else None
     detail = envelope.get("detail") or envelope.get("error") if envelope else None
-    code = code if isinstance(code, str) and code else None
+    code = code[:100] if isinstance(code, str) and code else None  # server text: bounded
     detail = str(detail)[:500] if detail is not None else None
     spec: ErrorSpec | None = table.get(code) if code else None
     if spec is not None:
-        return spec.how, code, detail
-    return STATUS_FALLBACK.get(status, Handling.PERMANENT), code, detail
+        return spec.how, code, detail, True
+    return STATUS_FALLBACK.get(status, Handling.PERMANENT), code, detail, False
 
 
 async def classify_response(
@@ -133,7 +134,7 @@ async def classify_response(
     headers = resp.headers
     server_id = server_request_id(headers)
     envelope = await read_envelope(resp, envelope_cap)
-    handling, code, detail = classify(resp.status, envelope, table)
+    handling, code, detail, known = classify(resp.status, envelope, table)
     return Verdict(
         handling,
         status=resp.status,
@@ -141,4 +142,5 @@ async def classify_response(
         detail=detail,
         retry_after=parse_retry_after(headers),
         server_request_id=server_id,
+        known_code=known,
     )

@@ -14,6 +14,13 @@ __all__ = ["MAX_RETRY_AFTER", "Decision", "Progress", "decide"]
 MAX_RETRY_AFTER: Final = 3600.0
 """With no ``max_elapsed``, a Retry-After longer than this gives up instead of sleeping."""
 
+MAX_THROTTLES: Final = 1000
+"""Throttled and not-ready attempts one logical request may make (on top of the deadline)."""
+
+MIN_THROTTLE_WAIT: Final = 0.01
+"""Floor of a throttle or poll wait (unless ``max_delay`` is lower): ``Retry-After: 0`` must
+not become a busy loop."""
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -31,8 +38,10 @@ class Progress:
     now: float
     deadline: float | None
     replayable: bool  # can the body be sent again intact
-    resend_safe: bool  # for transport errors: idempotent, keyed, or never sent
+    resend_safe: bool  # idempotent, keyed, or known not to have run on the server
     backoff_delay: float  # the schedule's next (jittered) wait, capped at max_delay
+    throttles: int = 0  # throttled / not-ready attempts so far (this one included)
+    throttle_floor: float = 0.0  # least throttle/poll wait: MIN_THROTTLE_WAIT, or max_delay if less
 
 
 def decide(verdict: Verdict, progress: Progress) -> Decision:
@@ -42,33 +51,33 @@ def decide(verdict: Verdict, progress: Progress) -> Decision:
         return Decision(Outcome.OK)
     if handling is Handling.PERMANENT:
         return Decision(Outcome.FAIL, reason="not_retryable")
-    if verdict.error is not None and not progress.resend_safe:
+    if not progress.resend_safe:
         return Decision(Outcome.GIVE_UP, reason="not_idempotent")
     if not progress.replayable:
         return Decision(Outcome.GIVE_UP, reason="body_not_replayable")
     if progress.failures >= progress.max_attempts:
         return Decision(Outcome.GIVE_UP, reason="max_attempts")
+    if progress.throttles >= MAX_THROTTLES:
+        return Decision(Outcome.GIVE_UP, reason="max_throttles")
 
     retry_after = verdict.retry_after
-    if handling is Handling.CONCURRENCY_LIMIT:
-        # Resent when one of our requests completes; the delay only bounds the park.
-        delay = progress.backoff_delay if retry_after is None else retry_after
-        outcome = Outcome.THROTTLED
-    elif handling is Handling.RATE_LIMIT:
-        delay = progress.backoff_delay if retry_after is None else retry_after
-        outcome = Outcome.THROTTLED
-    elif handling is Handling.NOT_READY:
-        delay = progress.backoff_delay if retry_after is None else retry_after
-        outcome = Outcome.NOT_READY
-    else:
+    if handling is Handling.TRANSIENT:
         delay = progress.backoff_delay
         if retry_after is not None:
             delay = max(delay, retry_after)
         outcome = Outcome.RETRY
+    else:
+        # Throttles and polls: the server's time when it named one, else the schedule; never a
+        # busy loop, whatever the server sends.
+        delay = retry_after if retry_after else progress.backoff_delay
+        delay = max(delay, progress.throttle_floor)
+        outcome = Outcome.NOT_READY if handling is Handling.NOT_READY else Outcome.THROTTLED
 
     if handling is Handling.CONCURRENCY_LIMIT and progress.deadline is not None:
-        remaining = progress.deadline - progress.now
-        if remaining <= 0:
+        # Resent when one of our requests completes; the delay only bounds the park.
+        # The park ends a little before the deadline, so the resend still starts within it.
+        remaining = progress.deadline - progress.now - progress.throttle_floor
+        if remaining <= progress.throttle_floor:
             return Decision(Outcome.GIVE_UP, reason="deadline")
         return Decision(outcome, delay=min(delay, remaining))
     if progress.deadline is None:

@@ -49,8 +49,8 @@ class AdaptiveLimiter:
     * Starts at ``initial`` and doubles per round trip while the server accepts (slow start).
     * A ``429 GENERATION_CONCURRENCY_EXCEEDED`` cuts the limit to the number of our requests
       that were already in flight when the rejected one was sent (what the server had
-      admitted), and at least by one; only requests sent after the previous cut may cut again,
-      so a burst of 429s from one round trip cuts once.
+      admitted), at least by one and at most by half; only requests sent after the previous
+      cut may cut again, so a burst of 429s from one round trip cuts once.
     * After the first cut, successes grow the limit by one per round trip (``1/limit`` each),
       only while the limit is actually used (in flight * 2 >= limit, as Netflix's AIMDLimit).
     * Never below ``floor`` (>= 1) nor above ``ceiling`` (None: no ceiling).
@@ -98,8 +98,6 @@ class AdaptiveLimiter:
 
     def try_acquire(self) -> ConcurrencyPermit | None:
         """A permit if one is free now (no event-loop round trip), else None."""
-        if self._parked and self._limiter.available_tokens <= len(self._parked):
-            return None  # parked requests were turned away first: let them have the slots
         permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
         try:
             self._limiter.acquire_on_behalf_of_nowait(permit)
@@ -163,11 +161,14 @@ class AdaptiveLimiter:
     def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
         if permit.epoch != self._epoch:
             return  # sent before the last cut: that cut already accounted for it
-        older = sum(1 for seq in self._in_flight.values() if seq < permit.seq)
+        # A snapshot: a connection callback may release a permit while we count.
+        older = sum(1 for seq in list(self._in_flight.values()) if seq < permit.seq)
         self._slow_start = False
         self._growth = 0.0
         self._epoch += 1
-        self._set_limit(min(self._limit - 1, older), "cut")
+        # At most halve per round trip: the oldest request may reach the server last, and
+        # "older" then undercounts what the server admitted.
+        self._set_limit(min(self._limit - 1, max(older, self._limit // 2)), "cut")
 
     def _set_limit(self, value: int, why: str) -> None:
         value = max(self.floor, value)
@@ -340,6 +341,7 @@ class RatePacer:
         recovery: float = 1.0,
         min_rate: float = 0.5,
         burst: float = 0.02,
+        idle_reset: float = 30.0,
     ) -> None:
         self._clock = clock
         self._beta = beta
@@ -352,6 +354,8 @@ class RatePacer:
         self._bucket: TokenBucket | None = None
         self._min_rate = min_rate
         self._burst = burst
+        self._idle_reset = idle_reset
+        self._last_throttle = now
         self._epoch = 0
         # One sender at a time computes its wait from the *current* rate; the rest queue FIFO.
         self.turn = anyio.Lock()
@@ -371,8 +375,18 @@ class RatePacer:
 
     @property
     def active(self) -> bool:
-        """True while sends must queue: the gate is closed or pacing is on."""
-        return self._bucket is not None or self._blocked_until > self._clock()
+        """True while sends must queue: the gate is closed or pacing is on.
+
+        Pacing switches itself off ``idle_reset`` seconds after the last 429: the next burst is
+        sent at full speed and, if the limit is still there, learns it again from one 429.
+        """
+        if self._bucket is None:
+            return self._blocked_until > self._clock()
+        now = self._clock()
+        if now - self._last_throttle > self._idle_reset:
+            self._bucket = self._cubic = None
+            return self._blocked_until > now
+        return True
 
     def delay(self) -> float:
         """Seconds until the next send may go (gate open and a pacing token there)."""
@@ -396,6 +410,7 @@ class RatePacer:
         self._measure.record(now)
         closed = False
         if rate_limited:
+            self._last_throttle = now
             if retry_after is not None and now + retry_after > self._blocked_until:
                 closed = self._blocked_until <= now  # report openings, not every extension
                 self._blocked_until = now + retry_after
@@ -418,8 +433,11 @@ class RatePacer:
             else:
                 self._bucket.set_rate(new_rate, now)
         elif self._cubic is not None and self._bucket is not None:
+            # Grow along CUBIC, at most to twice what is measured; a success never lowers the
+            # rate (after an idle spell the measured rate is low, not the server's limit).
             measured = self._measure.rate(now)
-            new_rate = min(self._cubic.success_received(now), 2.0 * max(measured, self._min_rate))
+            current = self._bucket.rate
+            new_rate = min(self._cubic.success_received(now), max(2.0 * measured, current))
             self._bucket.set_rate(new_rate, now)
         return closed
 

@@ -6,6 +6,7 @@ This module holds no policy of its own: classification lives in ``_classify``, t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import time
@@ -19,9 +20,15 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._backoff import Backoff
 from ._body import is_replayable
-from ._classify import Verdict, classify, classify_response, server_request_id
+from ._classify import (
+    Verdict,
+    classify,
+    classify_response,
+    parse_retry_after,
+    server_request_id,
+)
 from ._codes import CodeTable, Handling
-from ._decide import Decision, Progress, decide
+from ._decide import MAX_RETRY_AFTER, MIN_THROTTLE_WAIT, Decision, Progress, decide
 from ._errors import ApiError, DeadlineExceeded
 from ._events import Outcome, debug_enabled, emit_attempt, redact_url
 from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, Store
@@ -41,7 +48,8 @@ _SIGNALS: Final = {
 # aiohttp resends an idempotent request once, through the whole middleware chain, when it ends
 # in ServerDisconnectedError/ClientOSError. We already retried it: the guard makes that hidden
 # retry re-raise at once instead of sending max_attempts more requests.
-_GAVE_UP: contextvars.ContextVar[tuple[str, str, BaseException] | None] = contextvars.ContextVar(
+_GaveUp = tuple[object, str, str, BaseException]  # (task, method, url, exception)
+_GAVE_UP: contextvars.ContextVar[_GaveUp | None] = contextvars.ContextVar(
     "resilience_gave_up", default=None
 )
 
@@ -180,9 +188,10 @@ class ResilienceMiddleware:
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         stale = _GAVE_UP.get()
         if stale is not None:
-            _GAVE_UP.set(None)
-            if stale[0] == req.method and stale[1] == str(req.url):
-                raise stale[2]
+            _GAVE_UP.set(None)  # one-shot, whatever comes next
+            task, method, url, exc = stale
+            if task is asyncio.current_task() and method == req.method and url == str(req.url):
+                raise exc
         return await _Call(self, req, handler).run()
 
 
@@ -204,6 +213,8 @@ class _Call:
         "start",
         "store",
         "throttle_delays",
+        "throttle_floor",
+        "throttles",
     )
 
     def __init__(self, mw: ResilienceMiddleware, req: ClientRequest, handler: ClientHandlerType):
@@ -217,6 +228,8 @@ class _Call:
         self.deadline = self.start + max_elapsed if max_elapsed is not None else None
         self.attempt = 0
         self.failures = 0
+        self.throttles = 0
+        self.throttle_floor = min(MIN_THROTTLE_WAIT, self.settings.backoff.max_delay)
         # Made on first need: most requests never wait.
         self.delays: Iterator[float] | None = None
         self.throttle_delays: Iterator[float] | None = None
@@ -255,7 +268,7 @@ class _Call:
             try:
                 verdict = _OK_VERDICT if resp.status < 400 else await self._classify(resp)
                 await store.report(
-                    admission, _SIGNALS.get(verdict.handling, Signal.OTHER), verdict.retry_after
+                    admission, _SIGNALS.get(verdict.handling, Signal.OTHER), self._gate_for(verdict)
                 )
                 decision = _OK if verdict is _OK_VERDICT else await self._decide(verdict)
             except BaseException:
@@ -275,8 +288,13 @@ class _Call:
             return await classify_response(resp, self.settings.codes, self.settings.envelope_cap)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             # The error body broke off mid-read: classify by status alone.
-            handling, _, _ = classify(resp.status, None, self.settings.codes)
-            return Verdict(handling, status=resp.status)
+            handling, _, _, _ = classify(resp.status, None, self.settings.codes)
+            return Verdict(
+                handling,
+                status=resp.status,
+                retry_after=parse_retry_after(resp.headers),
+                server_request_id=server_request_id(resp.headers),
+            )
 
     async def _decide(self, verdict: Verdict) -> Decision:
         handling = verdict.handling
@@ -287,13 +305,17 @@ class _Call:
         counts = handling in (Handling.TRANSIENT, Handling.PERMANENT)
         if counts or self.deadline is None:
             self.failures += 1
+        if not counts:
+            self.throttles += 1
         progress = Progress(
             failures=self.failures,
             max_attempts=self.settings.max_attempts,
             now=time.monotonic(),
             deadline=self.deadline,
             replayable=is_replayable(self.req.body),
-            resend_safe=True,
+            resend_safe=self.idempotent or _answer_says_not_run(verdict),
+            throttles=self.throttles,
+            throttle_floor=self.throttle_floor,
             # Failures and throttles/polls each walk their own schedule: a run of 429s does
             # not make the next failure's wait long.
             backoff_delay=self._next_delay(throttle=not counts),
@@ -302,6 +324,15 @@ class _Call:
         if decision.outcome is Outcome.RETRY and not await self.store.try_retry():
             return Decision(Outcome.GIVE_UP, reason="retry_budget")
         return decision
+
+    def _gate_for(self, verdict: Verdict) -> float | None:
+        """How long a Retry-After may close the shared gate: one deadline (plus a second, so
+        requests that cannot outlast it fail fast instead of sending at its very end). One
+        absurd answer cannot block the origin for longer; then a request probes again."""
+        retry_after = verdict.retry_after
+        if retry_after is None:
+            return None
+        return min(retry_after, (self.settings.max_elapsed or MAX_RETRY_AFTER) + 1.0)
 
     def _next_delay(self, *, throttle: bool) -> float:
         if throttle:
@@ -316,10 +347,13 @@ class _Call:
         self, exc: BaseException, waited: float, sent_at: float
     ) -> None:
         """Decide after an exception from ``handler()``; returns to retry, raises to stop."""
-        if not isinstance(exc, Exception) or not isinstance(exc, aiohttp.ClientError):
-            raise exc  # cancellation, the caller's total timeout, or a bug: never retried
         if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ServerTimeoutError):
+            self._log_stopped(exc, waited, sent_at, "timeout")  # the caller's total timeout
             raise exc
+        if not isinstance(exc, Exception) or not isinstance(exc, aiohttp.ClientError):
+            if isinstance(exc, asyncio.CancelledError):
+                self._log_stopped(exc, waited, sent_at, "cancelled")
+            raise exc  # cancellation or a bug: never retried
         retryable = isinstance(exc, _TRANSIENT_TRANSPORT) and not isinstance(
             exc, _PERMANENT_TRANSPORT
         )
@@ -342,12 +376,14 @@ class _Call:
         self._log(verdict, decision, waited, sent_at)
         self.last_verdict = verdict
         if decision.delay is None:
-            if self.req.method in IDEMPOTENT_METHODS and isinstance(
-                exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError
-            ):
-                _GAVE_UP.set((self.req.method, str(self.req.url), exc))
+            if _aiohttp_will_resend(self.req, exc):
+                _GAVE_UP.set((asyncio.current_task(), self.req.method, str(self.req.url), exc))
             raise exc
         await self._wait(verdict, decision.delay)
+
+    def _log_stopped(self, exc: BaseException, waited: float, sent_at: float, reason: str) -> None:
+        verdict = Verdict(Handling.PERMANENT, error=type(exc).__name__)
+        self._log(verdict, Decision(Outcome.FAIL, reason=reason), waited, sent_at)
 
     async def _wait(self, verdict: Verdict, delay: float) -> None:
         if verdict.handling is Handling.CONCURRENCY_LIMIT:
@@ -432,6 +468,25 @@ class _Call:
             "limit": self.store.concurrency_limit,
         }
         emit_attempt(fields, decision.outcome, first_ok=first_ok)
+
+
+# Statuses whose bare answer (no envelope from the table) says the request did not run: a
+# gateway's 500/502/504 may hide a generation that did, so a keyless POST is not resent then.
+_NOT_RUN_STATUSES: Final = frozenset({408, 425, 429, 503})
+
+
+def _answer_says_not_run(verdict: Verdict) -> bool:
+    return verdict.known_code or verdict.status in _NOT_RUN_STATUSES
+
+
+def _aiohttp_will_resend(req: ClientRequest, exc: BaseException) -> bool:
+    """Mirror of aiohttp's own condition for its hidden resend (client.py ``_request``)."""
+    if req.method not in IDEMPOTENT_METHODS or isinstance(exc, _NOT_SENT):
+        return False
+    if not isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError):
+        return False
+    session = getattr(req, "_session", None)
+    return bool(getattr(session, "_retry_connection", False))
 
 
 def _discard(resp: ClientResponse) -> None:

@@ -173,7 +173,11 @@ class LocalStore:
             async with pacer.turn:
                 while (wait := pacer.delay()) > 0:
                     if self._clock() + wait > horizon:
-                        raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
+                        raise DeadlineExceeded(
+                            "the rate gate stays closed past the deadline"
+                            if deadline is not None
+                            else f"the rate gate stays closed for {wait:.0f} s"
+                        )
                     await anyio.sleep(wait)
                 pacer.take()
         if scope.cancelled_caught:

@@ -1,14 +1,28 @@
-"""Shared fixtures: anyio on asyncio, structlog configured so tests can capture events."""
+"""Shared fixtures and helpers: anyio on asyncio, structlog configured so tests can capture events,
+the emulator (``emu``, set up by an ``emulator`` mark), the middleware with short waits, the
+connection/permit baseline, a memory ceiling, and a bare aiohttp server for answers the emulator
+cannot give."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterator, MutableMapping
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
+from aiohttp import web
 from structlog.testing import capture_logs
+from yarl import URL
+
+from resilience import Backoff, ResilienceMiddleware
+from resilience._store import LocalStore
+from resilience.testing import Emulator
 
 structlog.configure(
     processors=[
@@ -21,6 +35,17 @@ structlog.configure(
     cache_logger_on_first_use=False,
 )
 
+Events = list[MutableMapping[str, Any]]
+FAST = Backoff(initial=0.001, multiplier=2, max_delay=0.004)
+MB = 1024 * 1024
+MEMORY_CEILING = 8 * MB  # what "memory stays low" means here: far below one 50 MB body
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "emulator(**settings): the Emulator settings of the `emu` fixture"
+    )
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -28,12 +53,85 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+def logs() -> Iterator[Events]:
     """Every structlog event logged during the test, contextvars merged in."""
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as captured:
         yield captured
 
 
-def attempts(events: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+@pytest.fixture
+async def emu(request: pytest.FixtureRequest) -> AsyncIterator[Emulator]:
+    """The emulator on 127.0.0.1, with the settings of the closest ``emulator`` mark:
+    ``pytestmark = pytest.mark.emulator(generation_time=0.002)`` for a module."""
+    mark = request.node.get_closest_marker("emulator")
+    async with Emulator(**(mark.kwargs if mark is not None else {})) as emulator:
+        yield emulator
+
+
+def attempts(events: Events) -> Events:
     """Only the per-attempt events."""
     return [e for e in events if e.get("event") == "resilience.attempt"]
+
+
+def middleware(*, backoff: Backoff = FAST, **settings: Any) -> ResilienceMiddleware:
+    """The middleware with waits short enough for tests (``FAST`` unless told otherwise)."""
+    return ResilienceMiddleware(backoff=backoff, **settings)
+
+
+def local(mw: ResilienceMiddleware) -> LocalStore:
+    store = mw.store
+    assert isinstance(store, LocalStore)
+    return store
+
+
+def acquired(session: aiohttp.ClientSession) -> int:
+    """Connections checked out of the pool (private, but the only way to see a leak)."""
+    connector = session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    return len(connector._acquired)
+
+
+def assert_baseline(session: aiohttp.ClientSession, mw: ResilienceMiddleware) -> None:
+    """No connection checked out, no permit held, nobody queued or parked for one."""
+    assert acquired(session) == 0, "a connection leaked"
+    limiter = local(mw).limiter
+    assert limiter.in_flight == 0, "a concurrency permit leaked"
+    assert limiter.waiting == 0, "a task is still queued or parked"
+
+
+@contextlib.contextmanager
+def memory_stays_low() -> Iterator[None]:
+    """What Python allocates inside the block peaks below ``MEMORY_CEILING``."""
+    tracemalloc.start()
+    try:
+        yield
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_CEILING, f"peak {peak / MB:.1f} MB"
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 2.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.002)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    path: str = "/{tail:.*}",
+    method: str = "*",
+) -> AsyncIterator[URL]:
+    """``handler`` answering ``method`` on ``path`` at a free port of 127.0.0.1; yields the base
+    URL. Release whatever a handler waits on before leaving the block (cleanup gives them 0.1 s)."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield URL.build(scheme="http", host="127.0.0.1", port=int(runner.addresses[0][1]))
+    finally:
+        await runner.cleanup()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,52 +21,17 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from resilience import Backoff, DeadlineExceeded, ResilienceMiddleware
-from resilience._store import LocalStore
+from resilience import DeadlineExceeded
 from resilience.testing import Emulator, Fault
-from tests.conftest import attempts
+from tests.conftest import Events, assert_baseline, attempts, local, middleware, serve, wait_until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.emulator(generation_time=0.002, ready_after=5.0)]
 
-FAST = Backoff(initial=0.001, multiplier=2, max_delay=0.004)
 WAIT_MS = 100  # the wait the cancellation interrupts
 SETTLE = 0.13  # longer than WAIT_MS: an attempt that should not happen would have happened
 
-Events = list[MutableMapping[str, Any]]
 CancelMode = Literal["cancel", "client_timeout", "fail_after"]
 CANCEL_MODES: tuple[CancelMode, ...] = ("cancel", "client_timeout", "fail_after")
-
-
-def middleware(**kwargs: Any) -> ResilienceMiddleware:
-    kwargs.setdefault("backoff", FAST)
-    return ResilienceMiddleware(**kwargs)
-
-
-def local(mw: ResilienceMiddleware) -> LocalStore:
-    store = mw.store
-    assert isinstance(store, LocalStore)
-    return store
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(generation_time=0.002, ready_after=5.0) as emulator:
-        yield emulator
-
-
-def assert_baseline(session: aiohttp.ClientSession, mw: ResilienceMiddleware) -> None:
-    connector = session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    assert len(connector._acquired) == 0, "a connection leaked"
-    assert local(mw).limiter.in_flight == 0, "a concurrency permit leaked"
-    assert local(mw).limiter.waiting == 0, "a task is still queued or parked"
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 2.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
 
 
 async def fetch(
@@ -291,17 +256,12 @@ async def stall() -> AsyncIterator[StallServer]:
         await server.release.wait()
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.url = URL.build(scheme="http", host="127.0.0.1", port=int(runner.addresses[0][1]))
-    try:
-        yield server
-    finally:
-        server.release.set()
-        await runner.cleanup()
+    async with serve(handler) as url:
+        server.url = url
+        try:
+            yield server
+        finally:
+            server.release.set()
 
 
 @pytest.mark.parametrize("mode", CANCEL_MODES)

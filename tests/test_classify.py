@@ -72,8 +72,8 @@ def _env(code: str) -> dict[str, object]:
     ],
 )
 def test_the_code_decides_not_the_status(status: int, code: str, expected: Handling) -> None:
-    handling, got_code, detail = classify(status, _env(code), CodeTable.default())
-    assert (handling, got_code, detail) == (expected, code, "d")
+    handling, got_code, detail, known = classify(status, _env(code), CodeTable.default())
+    assert (handling, got_code, detail, known) == (expected, code, "d", True)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +97,7 @@ def test_status_fallback_without_envelope_or_with_unknown_code(
     table = CodeTable.default()
     assert classify(status, None, table)[0] is expected
     assert classify(status, _env("SOMETHING_NEW"), table)[0] is expected
+    assert classify(status, _env("SOMETHING_NEW"), table)[3] is False
     assert classify(status, {"code": 17}, table)[0] is expected
 
 

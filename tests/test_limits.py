@@ -296,3 +296,39 @@ def test_bad_budget_settings() -> None:
         RetryBudget(ttl=0.5)
     with pytest.raises(ValueError, match="ratio"):
         RetryBudget(ratio=-1)
+
+
+async def test_a_cut_at_most_halves_the_limit() -> None:
+    # The oldest request reached the server last: nothing older is in flight, but the server
+    # had admitted others. One round trip must not collapse the limit to the floor.
+    limiter = AdaptiveLimiter(initial=12)
+    permits = await take(limiter, 12)
+    limiter.on_concurrency_exceeded(permits[0])
+    assert limiter.limit == 6
+
+
+def test_pacing_switches_off_after_an_idle_spell() -> None:
+    clock = FakeClock(0.0)
+    pacer = RatePacer(clock=clock, idle_reset=30.0)
+    pacer.on_response(rate_limited=True, retry_after=0.1, epoch=0)
+    assert pacer.active
+    assert pacer.rate is not None
+    clock.now = 31.0
+    assert not pacer.active
+    assert pacer.rate is None
+    assert pacer.delay() == 0
+
+
+def test_a_success_after_idling_does_not_lower_the_rate() -> None:
+    clock = FakeClock(0.0)
+    pacer = RatePacer(clock=clock)
+    for i in range(100):
+        clock.now = i / 100
+        pacer.on_response(rate_limited=False, retry_after=None, epoch=0)
+    pacer.on_response(rate_limited=True, retry_after=None, epoch=0)
+    cut = pacer.rate
+    assert cut is not None
+    clock.now = 20.0  # quiet for a while: the measured rate is ~0, the server's limit is not
+    pacer.on_response(rate_limited=False, retry_after=None, epoch=1)
+    assert pacer.rate is not None
+    assert pacer.rate >= cut

@@ -6,54 +6,34 @@ import asyncio
 import hashlib
 import json
 import socket
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 import structlog
+from aiohttp import web
 
 from resilience import (
     ApiError,
     Backoff,
     CodeTable,
+    DeadlineExceeded,
     ErrorSpec,
     ResilienceMiddleware,
     wrap,
 )
 from resilience.testing import Emulator, Fault
-from tests.conftest import attempts
+from tests.conftest import Events, acquired, attempts, local, middleware
 
-pytestmark = pytest.mark.anyio
-
-FAST = Backoff(initial=0.001, multiplier=2, max_delay=0.004)
-
-
-def middleware(**kwargs: Any) -> ResilienceMiddleware:
-    kwargs.setdefault("backoff", FAST)
-    return ResilienceMiddleware(**kwargs)
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[Emulator]:
-    async with Emulator(generation_time=0.005, ready_after=0.03) as emulator:
-        yield emulator
-
-
-def acquired(session: aiohttp.ClientSession) -> int:
-    """Connections checked out of the pool (private, but the only way to see a leak)."""
-    connector = session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    return len(connector._acquired)
+pytestmark = [pytest.mark.anyio, pytest.mark.emulator(generation_time=0.005, ready_after=0.03)]
 
 
 # ------------------------------------------------------------------ 2. classification
 
 
-async def test_retryable_code_is_retried_until_success(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_retryable_code_is_retried_until_success(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("UPSTREAM_GENERATION_ERROR"), times=2)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
         async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
@@ -67,9 +47,7 @@ async def test_retryable_code_is_retried_until_success(
     "code",
     ["UPSTREAM_GENERATION_SERVICE_ERROR", "GENERATION_CAPACITY_EXCEEDED", "VALIDATION_ERROR"],
 )
-async def test_non_retryable_code_is_sent_once(
-    emu: Emulator, code: str, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_non_retryable_code_is_sent_once(emu: Emulator, code: str, logs: Events) -> None:
     emu.inject(Fault.code(code), times=3)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
         async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
@@ -114,8 +92,9 @@ async def test_odd_bodies_classify_by_envelope_or_status(
     emu: Emulator, fault: Fault, retried: bool
 ) -> None:
     emu.inject(fault, times=1)
+    keyed = {"Idempotency-Key": "k"}  # safe to resend: only the classification is tested here
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
-        async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
+        async with s.post(emu.url / "v1/generate", json={"job": "a"}, headers=keyed) as resp:
             text = await resp.text()  # the caller's read never breaks
             assert (resp.status == 200) is retried
             if not retried:
@@ -124,6 +103,29 @@ async def test_odd_bodies_classify_by_envelope_or_status(
                     assert json.loads(text)["code"] == fault.error_code
         assert acquired(s) == 0
     assert emu.stats.requests == (2 if retried else 1)
+
+
+@pytest.mark.parametrize(
+    ("fault", "resent"),
+    [
+        (Fault.html(502), False),  # a gateway's page: the generation may have run
+        (Fault.empty(500), False),
+        (Fault.status(504, b"gateway timeout"), False),
+        (Fault.empty(503), True),  # unavailable: nothing ran
+        (Fault.code("UPSTREAM_GENERATION_ERROR"), True),  # the table says retry
+    ],
+)
+async def test_keyless_post_is_not_resent_after_a_bare_gateway_error(
+    emu: Emulator, fault: Fault, resent: bool, logs: Events
+) -> None:
+    emu.inject(fault, times=1)
+    async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
+        async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
+            assert (resp.status == 200) is resent
+    assert emu.stats.requests == (2 if resent else 1)
+    if not resent:
+        (event,) = attempts(logs)
+        assert (event["outcome"], event["reason"]) == ("give_up", "not_idempotent")
 
 
 async def test_huge_error_body_is_not_buffered_and_caller_reads_it_whole(emu: Emulator) -> None:
@@ -147,9 +149,7 @@ async def test_success_bodies_are_never_read_by_the_middleware(emu: Emulator) ->
 # ------------------------------------------------------------------ 3. retry decision
 
 
-async def test_waits_never_exceed_max_delay(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_waits_never_exceed_max_delay(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=6)
     mw = middleware(max_attempts=7, backoff=Backoff(0.001, 3, 0.005, "none"))
     async with aiohttp.ClientSession(middlewares=(mw,)) as s:
@@ -160,7 +160,7 @@ async def test_waits_never_exceed_max_delay(
 
 
 async def test_max_attempts_bounds_failures_and_returns_the_last_response(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
+    emu: Emulator, logs: Events
 ) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=10)
     async with aiohttp.ClientSession(middlewares=(middleware(max_attempts=3),)) as s:
@@ -178,9 +178,7 @@ async def test_max_attempts_bounds_failures_and_returns_the_last_response(
     )
 
 
-async def test_retry_after_lifts_the_wait(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_retry_after_lifts_the_wait(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT", retry_after_ms=60), times=1)
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -191,9 +189,7 @@ async def test_retry_after_lifts_the_wait(
     assert attempts(logs)[0]["delay"] == pytest.approx(0.06)
 
 
-async def test_retry_after_beyond_max_elapsed_gives_up_at_once(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_retry_after_beyond_max_elapsed_gives_up_at_once(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT", retry_after=30), times=1)
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -220,9 +216,7 @@ async def test_no_wait_runs_past_max_elapsed(emu: Emulator) -> None:
 # ------------------------------------------------------------------ 4. 425 polling
 
 
-async def test_not_ready_is_polled_until_done(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_not_ready_is_polled_until_done(emu: Emulator, logs: Events) -> None:
     async with aiohttp.ClientSession(middlewares=(middleware(max_attempts=2),)) as s:
         async with s.post(emu.url / "v1/jobs", json={"text": "hi"}) as created:
             job = (await created.json())["id"]
@@ -238,9 +232,7 @@ async def test_not_ready_is_polled_until_done(
 # ------------------------------------------------------------------ 5. transport failures
 
 
-async def test_reset_is_retried_for_get(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_reset_is_retried_for_get(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.reset(), times=2)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
         async with s.get(emu.url / "v1/ping") as resp:
@@ -250,9 +242,7 @@ async def test_reset_is_retried_for_get(
     assert events[0]["error"] in ("ServerDisconnectedError", "ClientOSError")
 
 
-async def test_reset_post_without_key_is_not_resent(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_reset_post_without_key_is_not_resent(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.reset(), times=1)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
         with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
@@ -290,7 +280,7 @@ def _closed_port() -> int:
 
 
 async def test_connection_refused_post_is_retried_because_nothing_was_sent(
-    logs: list[MutableMapping[str, Any]],
+    logs: Events,
 ) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/v1/generate"
     async with aiohttp.ClientSession(middlewares=(middleware(max_attempts=3),)) as s:
@@ -376,9 +366,7 @@ async def test_multipart_form_is_resent_intact(emu: Emulator) -> None:
     assert emu.stats.requests == 2
 
 
-async def test_unreplayable_body_is_sent_once(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_unreplayable_body_is_sent_once(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=2, path="/v1/echo")
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -402,7 +390,8 @@ async def test_discarded_responses_do_not_leak_connections(emu: Emulator) -> Non
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(middlewares=(middleware(),), connector=connector) as s:
         with anyio.fail_after(5):  # a leaked connection would deadlock on limit=1
-            async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
+            keyed = {"Idempotency-Key": "a"}  # a bare 500 is resent only when keyed
+            async with s.post(emu.url / "v1/generate", json={"job": "a"}, headers=keyed) as resp:
                 assert resp.status == 503
             async with s.post(emu.url / "v1/generate", json={"job": "a2"}) as resp:
                 assert resp.status == 200
@@ -414,9 +403,7 @@ async def test_discarded_responses_do_not_leak_connections(emu: Emulator) -> Non
 # ------------------------------------------------------------------ 8. request ids
 
 
-async def test_one_request_id_on_every_attempt(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_one_request_id_on_every_attempt(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=2)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
         async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
@@ -452,7 +439,7 @@ REQUIRED_FIELDS = {
 
 
 async def test_one_event_per_attempt_with_the_documented_fields(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
+    emu: Emulator, logs: Events
 ) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=1)
     async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
@@ -473,9 +460,7 @@ async def test_one_event_per_attempt_with_the_documented_fields(
     assert events[0]["delay"] is not None
 
 
-async def test_credentials_never_reach_the_logs(
-    emu: Emulator, logs: list[MutableMapping[str, Any]]
-) -> None:
+async def test_credentials_never_reach_the_logs(emu: Emulator, logs: Events) -> None:
     emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=1)
     url = emu.url.with_user("alice").with_password("hunter2") / "v1/generate"
     url = url.with_query({"api_key": "sk-secret1", "Token": "tok-secret2", "voice": "calm"})
@@ -577,3 +562,86 @@ async def test_wrap_installs_the_middleware_on_an_existing_session(emu: Emulator
     assert emu.stats.requests == 2
     with pytest.raises(RuntimeError, match="closed"):
         wrap(s)
+
+
+# ------------------------------------------------------------------ review regressions
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.code("GENERATION_NOT_READY", retry_after=0),
+        Fault.code("GENERATION_CONCURRENCY_EXCEEDED", retry_after_ms=0),
+        Fault.retry_after_header("Mon, 01 Jan 2001 00:00:00 GMT", 425, "GENERATION_NOT_READY"),
+    ],
+)
+async def test_zero_retry_after_on_a_throttle_is_no_busy_loop(emu: Emulator, fault: Fault) -> None:
+    emu.inject(fault, times=10_000)
+    # The schedule says "no wait" too (initial=0): only the 10 ms floor stands in the way.
+    mw = middleware(max_elapsed=0.2, backoff=Backoff(initial=0, max_delay=1, jitter="none"))
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        async with s.get(emu.url / "v1/ping") as resp:
+            assert resp.status in (425, 429)
+    assert emu.stats.requests <= 0.2 / 0.01 + 2  # a 10 ms floor between polls
+
+
+async def test_a_give_up_on_a_refused_connection_does_not_drop_the_next_request(
+    emu: Emulator,
+) -> None:
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}/v1/ping"
+    async with aiohttp.ClientSession(middlewares=(middleware(max_attempts=2),)) as s:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await s.get(url)
+        app = web.Application()
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="up")
+
+        app.router.add_get("/v1/ping", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with s.get(url) as resp:  # same task, same method and URL
+                assert await resp.text() == "up"
+            child = await asyncio.ensure_future(s.get(url))  # a task made afterwards
+            assert child.status == 200
+            child.release()
+        finally:
+            await runner.cleanup()
+
+
+async def test_a_huge_retry_after_closes_the_gate_for_one_deadline_at_most(
+    emu: Emulator,
+) -> None:
+    emu.inject(Fault.code("RATE_LIMITED", retry_after=10**9), times=1)
+    mw = middleware(max_elapsed=2.0)
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        async with s.get(emu.url / "v1/ping") as resp:
+            assert resp.status == 429  # given up at once: beyond the deadline
+        pacer = local(mw).pacer(str(emu.url.origin()))
+        assert 2.0 < pacer.gate_wait() <= 3.0
+        with pytest.raises(DeadlineExceeded):  # later requests fail fast, unsent
+            await s.get(emu.url / "v1/ping")
+    assert emu.stats.requests == 1
+
+
+async def test_the_attempt_on_the_wire_is_logged_when_the_caller_gives_up(
+    emu: Emulator, logs: Events
+) -> None:
+    async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await s.get(
+                emu.url / "v1/slow", params={"delay": "1"}, timeout=aiohttp.ClientTimeout(total=0.1)
+            )
+    (event,) = attempts(logs)
+    assert (event["outcome"], event["reason"], event["status"]) == ("fail", "timeout", None)
+
+
+async def test_an_absurd_code_is_cut_short_in_logs(emu: Emulator, logs: Events) -> None:
+    emu.inject(Fault.status(503, json.dumps({"code": "X" * 20_000}).encode()), times=1)
+    async with aiohttp.ClientSession(middlewares=(middleware(),)) as s:
+        async with s.get(emu.url / "v1/ping") as resp:
+            assert resp.status == 200
+    assert len(attempts(logs)[0]["code"]) == 100

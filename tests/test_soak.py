@@ -2,7 +2,8 @@
 with 10 % mixed random faults (retryable codes, non-retryable codes, connection resets), a plan
 concurrency limit, and now and then a generation slower than the client's read timeout (it runs
 on the server, the client times out: the one fault where a resend would execute twice).
-``benchmarks/soak.py`` is the full 10,000 at concurrency 500.
+``benchmarks/soak.py`` is the full 10,000 at concurrency 500, with the same request mix and
+client (``tests/soak_workload.py``).
 
 Every request ends with a response or a typed error, nothing crashes, a POST without an
 idempotency key is never resent after a transport failure and never executed twice, a
@@ -14,19 +15,18 @@ from __future__ import annotations
 import gc
 from collections import Counter, defaultdict
 from collections.abc import MutableMapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import anyio
 import pytest
 from structlog.testing import capture_logs
-from yarl import URL
 
-from resilience import ATTEMPT_EVENT, Backoff, DeadlineExceeded, ResilienceMiddleware
+from resilience import ATTEMPT_EVENT, Backoff, ResilienceMiddleware
 from resilience._limits import ConcurrencyPermit
 from resilience._store import Admission, LocalStore
 from resilience.testing import FATAL_CODES, TRANSIENT_CODES, Emulator, EmulatorStats, Fault
+from tests.soak_workload import MIXED_FAULTS, Result, lost, run
 
 pytestmark = pytest.mark.anyio
 
@@ -36,117 +36,48 @@ PLAN = 16
 READ_TIMEOUT = 0.1  # per attempt (sock_read); the slow generations take SLOW
 SLOW = 0.25
 SLOW_EVERY = 50  # one slow generation injected per this many requests started
-TYPED = (aiohttp.ClientError, DeadlineExceeded, TimeoutError)
 TRANSPORT_ERRORS = {"ServerDisconnectedError", "ClientOSError", "SocketTimeoutError"}
-
-Kind = Literal["post", "post-keyed", "get", "poll"]
-REQUEST_ID_PREFIX: dict[Kind, str] = {
-    "post": "keyless",
-    "post-keyed": "keyed",
-    "get": "get",
-    "poll": "poll",
-}
-
-
-def kind_of(i: int) -> Kind:
-    """60 % POSTs without a key, 20 % with one, 10 % GETs, 10 % create-then-poll."""
-    slot = i % 10
-    if slot < 6:
-        return "post"
-    if slot < 8:
-        return "post-keyed"
-    return "get" if slot == 8 else "poll"
-
-
-@dataclass
-class Result:
-    kind: Kind
-    job: str | None
-    outcome: str  # "ok", "HTTP <status> <code>", an exception class name, or "CRASH ..."
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-
-async def one(session: aiohttp.ClientSession, base: URL, i: int) -> Result:
-    """One logical request; its request id names it (``keyless-<i>``, ``create-<i>``...)."""
-    kind = kind_of(i)
-    job = f"{kind}-{i}" if kind.startswith("post") else None
-    headers = {"X-Request-ID": f"{REQUEST_ID_PREFIX[kind]}-{i}"}
-    kwargs: dict[str, Any] = {}
-    try:
-        if kind == "poll":
-            create = {"X-Request-ID": f"create-{i}"}
-            async with session.post(base / "v1/jobs", json={"text": "hi"}, headers=create) as r:
-                body = await r.json()
-                if r.status != 202:
-                    return Result(kind, job, f"HTTP {r.status} {body.get('code')}")
-            method, url = "GET", base / "v1/jobs" / body["id"]
-        elif kind == "get":
-            method, url = "GET", base / "v1/ping"
-        else:
-            if kind == "post-keyed":
-                headers["Idempotency-Key"] = f"key-{i}"
-            method, url = "POST", base / "v1/generate"
-            kwargs = {"json": {"job": job}}
-        async with session.request(method, url, headers=headers, **kwargs) as resp:
-            body = await resp.json()
-            if resp.status < 400:
-                return Result(kind, job, "ok")
-            return Result(kind, job, f"HTTP {resp.status} {body.get('code')}")
-    except TYPED as exc:
-        return Result(kind, job, type(exc).__name__)
-    except Exception as exc:  # a crash: anything untyped escaping
-        return Result(kind, job, f"CRASH {exc!r}")
 
 
 async def soak() -> tuple[list[Result], ResilienceMiddleware, EmulatorStats]:
-    results: list[Result] = []
     mw = ResilienceMiddleware(
         backoff=Backoff(initial=0.002, multiplier=2, max_delay=0.02),
         max_attempts=4,
         max_elapsed=10.0,
     )
     async with Emulator(
+        MIXED_FAULTS,
         plan_concurrency=PLAN,
         generation_time=0.002,
         ready_after=0.01,
-        transient_rate=0.05,
-        fatal_rate=0.02,
-        reset_rate=0.03,
         seed=20240601,
     ) as emu:
-        connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+
+        def slow_now_and_then(i: int) -> None:
+            if i % SLOW_EVERY == 0:  # the next /v1/generate, whichever it is, is slow
+                emu.inject(Fault.slow(SLOW), times=1, path="/v1/generate")
+
         timeout = aiohttp.ClientTimeout(total=30, sock_read=READ_TIMEOUT)
-        async with aiohttp.ClientSession(
-            middlewares=(mw,), connector=connector, timeout=timeout
-        ) as session:
-            slots = anyio.CapacityLimiter(CONCURRENCY)
-
-            async def run(i: int) -> None:
-                async with slots:
-                    if i % SLOW_EVERY == 0:  # the next /v1/generate, whichever it is, is slow
-                        emu.inject(Fault.slow(SLOW), times=1, path="/v1/generate")
-                    results.append(await one(session, emu.url, i))
-
-            with anyio.fail_after(30):
-                async with anyio.create_task_group() as tg:
-                    for i in range(REQUESTS):
-                        tg.start_soon(run, i)
-            emu.clear_faults()
-
-            assert len(connector._acquired) == 0
-            store = mw.store
-            assert isinstance(store, LocalStore)
-            assert (store.limiter.in_flight, store.limiter.waiting) == (0, 0)
+        with anyio.fail_after(30):
+            report = await run(
+                emu.url,
+                mw,
+                REQUESTS,
+                CONCURRENCY,
+                timeout=timeout,
+                named=True,
+                before=slow_now_and_then,
+            )
+        emu.clear_faults()
+        # Read back before the session closed: no connection or permit held, nobody queued.
+        assert (report.leaked_connections, report.leaked_permits, report.still_queued) == (0, 0, 0)
         # Let the slow generations the client gave up on finish on the server before counting.
         await anyio.sleep(SLOW + 0.1)
         for _ in range(500):
             if not emu.stats.in_flight:
                 break
             await anyio.sleep(0.01)
-        return results, mw, emu.stats
+        return report.results, mw, emu.stats
 
 
 async def test_soak_short() -> None:
@@ -206,16 +137,7 @@ async def test_soak_short() -> None:
     # Nothing executed twice without a key; a keyless POST that succeeded ran exactly once, one
     # that failed before reaching the generation never ran. Duplicates are keyed POSTs only
     # (resent after a read timeout with the same key, for the server to deduplicate).
-    for r in results:
-        if r.kind == "post":
-            assert r.job is not None
-            runs = stats.executions[r.job]
-            if r.ok:
-                assert runs == 1, r
-            elif r.outcome == "SocketTimeoutError":
-                assert runs <= 1, r  # sent, then no answer in time: it may have run, once
-            else:
-                assert runs == 0, r
+    assert [r for r in results if r.kind == "post" and lost(r, stats.executions)] == []
     twice = {job for job, n in stats.executions.items() if n > 1}
     assert all(job.startswith("post-keyed-") for job in twice), twice
     assert stats.duplicates == len(twice)
