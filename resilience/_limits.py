@@ -41,6 +41,7 @@ class ConcurrencyPermit:
     epoch: int  # the limiter's cut counter when the slot was taken
     limit: int  # the limit when the slot was taken (for logs)
     released: bool = False
+    releases_seen: int = 0  # the limiter's release counter when the slot was taken
 
 
 class AdaptiveLimiter:
@@ -82,6 +83,7 @@ class AdaptiveLimiter:
         self._growth = 0.0
         self._in_flight: dict[ConcurrencyPermit, int] = {}
         self._parked: deque[anyio.Event] = deque()
+        self._releases = 0
 
     @property
     def limit(self) -> int:
@@ -116,6 +118,7 @@ class AdaptiveLimiter:
     def _admitted(self, permit: ConcurrencyPermit) -> ConcurrencyPermit:
         self._seq += 1
         permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
+        permit.releases_seen = self._releases
         self._in_flight[permit] = permit.seq
         return permit
 
@@ -124,18 +127,25 @@ class AdaptiveLimiter:
         if permit.released:
             return
         permit.released = True
+        self._releases += 1
         self._in_flight.pop(permit, None)
         self._limiter.release_on_behalf_of(permit)
         if self._parked:
             self._parked.popleft().set()
 
-    async def wait_for_release(self, timeout: float) -> None:
+    async def wait_for_release(
+        self, timeout: float, since: ConcurrencyPermit | None = None
+    ) -> None:
         """Park until some request of ours completes (or ``timeout`` passes).
 
         A request turned away by the plan limit resends when a slot frees, not on a timer; the
         timeout only covers the case where none of ours is in flight (another client holds
-        the plan's slots).
+        the plan's slots). With ``since`` (the rejected request's own permit), a completion
+        that happened while it was in flight counts: no wake-up is missed.
         """
+        # Our own release is one of them: any other means a slot freed since we were sent.
+        if since is not None and self._releases - since.releases_seen > 1:
+            return
         event = anyio.Event()
         self._parked.append(event)
         try:

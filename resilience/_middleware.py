@@ -281,7 +281,7 @@ class _Call:
                 return self._finish(resp, verdict, admission)
             _discard(resp)
             store.release(admission)
-            await self._wait(verdict, decision.delay)
+            await self._wait(verdict, decision.delay, admission)
 
     async def _classify(self, resp: ClientResponse) -> Verdict:
         try:
@@ -379,15 +379,15 @@ class _Call:
             if _aiohttp_will_resend(self.req, exc):
                 _GAVE_UP.set((asyncio.current_task(), self.req.method, str(self.req.url), exc))
             raise exc
-        await self._wait(verdict, decision.delay)
+        await self._wait(verdict, decision.delay, None)
 
     def _log_stopped(self, exc: BaseException, waited: float, sent_at: float, reason: str) -> None:
         verdict = Verdict(Handling.PERMANENT, error=type(exc).__name__)
         self._log(verdict, Decision(Outcome.FAIL, reason=reason), waited, sent_at)
 
-    async def _wait(self, verdict: Verdict, delay: float) -> None:
-        if verdict.handling is Handling.CONCURRENCY_LIMIT:
-            await self.store.wait_for_release(delay)
+    async def _wait(self, verdict: Verdict, delay: float, admission: Admission | None) -> None:
+        if verdict.handling is Handling.CONCURRENCY_LIMIT and admission is not None:
+            await self.store.wait_for_release(admission, delay)
         elif verdict.handling is Handling.RATE_LIMIT and verdict.retry_after is not None:
             pass  # the store's gate holds every request to this origin until then
         else:

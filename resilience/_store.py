@@ -93,8 +93,9 @@ class Store(Protocol):
         """Feed one response into the limits (AIMD step, gate, pacing rate)."""
         ...
 
-    async def wait_for_release(self, timeout: float) -> None:
-        """Park after a plan-limit 429 until one of our requests completes, or ``timeout``."""
+    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
+        """Park after ``admission``'s plan-limit 429 until one of our requests completes (also
+        counting completions while it was in flight), or ``timeout``."""
         ...
 
     async def deposit_request(self) -> None:
@@ -223,8 +224,10 @@ class LocalStore:
                 pace=round(rate, 2) if rate is not None and math.isfinite(rate) else None,
             )
 
-    async def wait_for_release(self, timeout: float) -> None:
-        await self.limiter.wait_for_release(timeout)
+    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
+        permit = admission.permit
+        assert isinstance(permit, ConcurrencyPermit)
+        await self.limiter.wait_for_release(timeout, since=permit)
 
     async def deposit_request(self) -> None:
         if self.budget is not None:

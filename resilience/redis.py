@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import time
 import uuid
@@ -32,35 +33,31 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis import exceptions as redis_errors
 from yarl import URL
 
 from . import _redis_lua as lua
+from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, LIMIT_EVENT, STORE_EVENT, emit, redact_url
-from ._limits import RetryBudget
+from ._limits import ConcurrencyPermit, RetryBudget
 from ._store import Admission, LocalStore, RetryBudgetSettings, Signal
 
 __all__ = ["RedisStore", "RedisStoreStats"]
 
-# RatePacer's defaults: cut to 70 %, back at the cut rate after 1 s, never below 0.5/s.
-_BETA: Final = 0.7
-_RECOVERY: Final = 1.0
-_MIN_RATE: Final = 0.5
 _WAKE_SLICE: Final = 1.0  # longest single BLPOP of the wake-up list
 _PARK_POLL: Final = 2.0  # a parked waiter asks again at least this often (lost wake-ups)
 _PROBE_FIRST: Final = 0.05
-_TROUBLE: Final = (redis_errors.RedisError, OSError)  # OSError covers TimeoutError and ssl errors
+_TROUBLE: Final = (redis_errors.RedisError, OSError)  # OSError covers TimeoutError, ssl errors
 
 _GRANTED: Final = 0
 _WAIT: Final = 1
-_FULL: Final = 2
-_SIGNAL_CODES: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2}
+_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2}  # what a release feeds into the limits
 
 
 class _Unavailable(Exception):
@@ -70,16 +67,15 @@ class _Unavailable(Exception):
 class _Lease:
     """The ``permit`` of a shared admission: one lease in the namespace's ``permits`` set."""
 
-    __slots__ = ("ahead", "epoch", "id", "released")
+    __slots__ = ("epoch", "id", "released")
 
-    def __init__(self, lease_id: str, epoch: int, ahead: int) -> None:
+    def __init__(self, lease_id: str, epoch: int) -> None:
         self.id = lease_id
         self.epoch = epoch  # the limit's cut counter when the permit was taken
-        self.ahead = ahead  # permits in flight in the fleet when it was taken
         self.released = False
 
     def __repr__(self) -> str:
-        return f"_Lease({self.id!r}, epoch={self.epoch}, ahead={self.ahead})"
+        return f"_Lease({self.id!r}, epoch={self.epoch})"
 
 
 class _Waiter:
@@ -191,8 +187,8 @@ class RedisStore:
         self._url = url
         self._password = URL(url).password if "://" in url else None
         self.redacted_url: Final = redact_url(URL(url))
+        """The Redis URL as it may be logged: no password."""
         self.namespace: Final = namespace
-        self._ceiling = max_concurrency
         self._initial = min(initial_concurrency, max_concurrency or initial_concurrency)
         self._budget_settings = retry_budget
         self._lease_ttl = float(lease_ttl)
@@ -210,9 +206,8 @@ class RedisStore:
         self._k_workers = prefix + "workers"
         self._k_budget = prefix + "budget"
         lease_ms = round(self._lease_ttl * 1000)
-        state_ms = round(state_ttl * 1000)
-        ceiling = max_concurrency or 0
-        self._limit_args: tuple[int, int, int, int] = (self._initial, ceiling, lease_ms, state_ms)
+        # initial, ceiling (0: none), lease TTL and state TTL in ms: every limit script's ARGV
+        self._limit_args = (self._initial, max_concurrency or 0, lease_ms, round(state_ttl * 1000))
         self._worker_ttl_ms = max(2 * lease_ms, 10_000)
 
         self._worker = uuid.uuid4().hex[:16]
@@ -242,10 +237,13 @@ class RedisStore:
 
         self._link_: _Link | None = None
         self._held: set[str] = set()
+        self._releasing: dict[str, tuple[str, int]] = {}  # lease -> (origin, answer), unsent
+        self._flush_pending = False
         self._orphans: set[str] = set()  # leases to return once Redis answers again
         self._waiters: deque[_Waiter] = deque()
         self._acquiring = 0  # acquire calls on their way
         self._free_hint = self._initial  # free permits in the fleet, as last seen
+        self._turns: dict[str, asyncio.Lock] = {}  # per paced origin: one reservation at a time
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -297,22 +295,21 @@ class RedisStore:
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         """Wait at the shared gate and pacer of ``origin``, then for a shared permit."""
         slot_epoch = -1  # the pacing epoch of our reserved sending slot, once we hold one
-        if self._shared and (
-            self._parked() or self._acquiring >= max(1, self._free_hint)
-        ):
+        if self._shared and (self._parked() or self._acquiring >= max(1, self._free_hint)):
             # The fleet looked full a moment ago: queue behind this process's waiters instead
             # of asking Redis; a freed permit (or a grant with room to spare) wakes us.
-            remaining = _PARK_POLL if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("no concurrency permit before max_elapsed")
-            await self._park(min(remaining, _PARK_POLL))
+            await self._park(self._park_timeout(deadline))
         while True:
             if not self._shared:
                 return await self._admit_local(origin, deadline)
             lease_id = f"{self._worker}:{next(self._lease_ids)}"
+            turn = self._turns.get(origin) if slot_epoch < 0 else None
             self._acquiring += 1
             try:
-                reply = await self._acquire(origin, lease_id, slot_epoch)
+                if turn is None:
+                    reply = await self._acquire(origin, lease_id, slot_epoch)
+                else:
+                    reply = await self._acquire_in_turn(turn, origin, lease_id, deadline)
             except _Unavailable:
                 self._forget(lease_id)
                 continue
@@ -321,32 +318,56 @@ class RedisStore:
                 raise
             finally:
                 self._acquiring -= 1
-            status, value, epoch, limit, slot_epoch, workers = (int(x) for x in reply[:6])
+            status, value, epoch, limit, slot_epoch, workers, paced = (int(x) for x in reply)
             self._last_limit, self._workers = limit, workers
+            if paced and origin not in self._turns:
+                self._turns[origin] = asyncio.Lock()
+            elif not paced:
+                self._turns.pop(origin, None)
             if status == _GRANTED:
-                ahead = int(reply[6])
                 self._held.add(lease_id)
                 self._start("heartbeat", self._heartbeat)
-                self._free_hint = limit - ahead - 1
+                self._free_hint = limit - value - 1  # value: permits held before ours
                 for _ in range(self._free_hint - self._acquiring):
                     if not self._wake_one():  # room to spare: let queued requests ask
                         break
-                return Admission(origin, _Lease(lease_id, epoch, ahead), limit, slot_epoch)
+                return Admission(origin, _Lease(lease_id, epoch), limit, slot_epoch)
             self._free_hint = 0
             if status == _WAIT:
-                wait = value / 1e6
-                if deadline is not None and time.monotonic() + wait > deadline:
-                    raise DeadlineExceeded("the rate gate stays closed past max_elapsed")
-                await asyncio.sleep(wait)
+                await self._sleep_for(value / 1e6, deadline)
                 continue
-            remaining = _PARK_POLL if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("no concurrency permit before max_elapsed")
-            # Woken by a release; at the latest when the oldest lease would expire.
-            await self._park(min(remaining, _PARK_POLL, value / 1e6 + 0.005))
+            # Every permit is taken: woken by a release, at the latest when the oldest lease
+            # would expire (its holder may be dead).
+            await self._park(min(self._park_timeout(deadline), value / 1e6 + 0.005))
+
+    async def _acquire_in_turn(
+        self, turn: asyncio.Lock, origin: str, lease_id: str, deadline: float | None
+    ) -> list[Any]:
+        """Paced: this process's senders to ``origin`` reserve their sending slots one at a
+        time, each waiting out its slot before the next reserves, so every reservation is made
+        at the rate of the moment (LocalStore's pacer turn)."""
+        timeout = math.inf if deadline is None else deadline - time.monotonic()
+        with anyio.move_on_after(timeout):
+            async with turn:
+                reply = await self._acquire(origin, lease_id, -1)
+                if int(reply[0]) == _WAIT:
+                    await self._sleep_for(int(reply[1]) / 1e6, deadline)
+                    reply[1] = 0  # waited: the caller goes on with its slot
+                return reply
+        self._forget(lease_id)  # the deadline may have cut the acquire call short
+        raise DeadlineExceeded("no turn at the rate gate before max_elapsed")
+
+    async def _sleep_for(self, wait: float, deadline: float | None) -> None:
+        """Sleep until our sending slot, failing fast when it comes too late."""
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise DeadlineExceeded("the rate gate stays closed past the deadline")
+        if wait > MAX_RETRY_AFTER:  # as _decide: a server cannot park every request
+            raise DeadlineExceeded(f"the rate gate stays closed for {wait:.0f} s")
+        await asyncio.sleep(wait)
 
     def release(self, admission: Admission) -> None:
-        """Return the permit: at once for a local one, in a background task for a lease."""
+        """Return the permit: at once for a local one; a lease goes back with the next Redis
+        call of this process (sent right away in a background task if none is on its way)."""
         permit = admission.permit
         if not isinstance(permit, _Lease):
             _local_of(admission).release(admission)
@@ -355,17 +376,19 @@ class RedisStore:
             return
         permit.released = True
         self._held.discard(permit.id)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._orphans.add(permit.id)
-            return
         if not self._shared:
             self._orphans.add(permit.id)
             return
-        signal = admission.extra.get("signal", 0)
-        assert isinstance(signal, int)
-        self._spawn(loop, self._release_remote(permit.id, admission.origin, signal))
+        answer = admission.extra.get("answer", 0)
+        assert isinstance(answer, int)
+        self._releasing[permit.id] = (admission.origin, answer)
+        if not self._flush_pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (interpreter shutdown): the lease expires with its TTL
+            self._flush_pending = True
+            self._spawn(loop, self._flush_releases())
 
     async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
         """Feed one answer in; successes ride on the release (no extra round trip)."""
@@ -373,35 +396,22 @@ class RedisStore:
         if not isinstance(permit, _Lease):
             await _local_of(admission).report(admission, signal, retry_after)
             return
-        code = _SIGNAL_CODES.get(signal)
-        if code is not None:
-            admission.extra["signal"] = code
+        answer = _ANSWERS.get(signal)
+        if answer is not None:
+            admission.extra["answer"] = answer
             return
         if self._shared:
-            kind = 1 if signal is Signal.CONCURRENCY else 2
+            initial, ceiling, lease_ms, state_ms = self._limit_args
             try:
                 reply = await self._run(
                     "report",
                     self._link().report,
-                    [
-                        self._k_ctl,
-                        self._k_permits,
-                        self._k_order,
-                        self._k_wake,
-                        self._rate_key(admission.origin),
-                    ],
-                    [
-                        kind,
-                        permit.ahead,
-                        permit.epoch,
-                        -1 if retry_after is None else round(retry_after * 1000, 3),
-                        admission.rate_epoch,
-                        *self._limit_args,
-                        _BETA,
-                        _RECOVERY,
-                        _MIN_RATE,
-                    ],
-                )
+                    [self._k_ctl, self._k_permits, self._k_order, self._k_wake,
+                     self._rate_key(admission.origin)],
+                    [1 if signal is Signal.CONCURRENCY else 2, permit.id, permit.epoch,
+                     -1 if retry_after is None else round(retry_after * 1000, 3),
+                     admission.rate_epoch, initial, ceiling, lease_ms, state_ms],
+                )  # fmt: skip
             except _Unavailable:
                 pass
             else:
@@ -422,12 +432,14 @@ class RedisStore:
             pacer = self._fallback.pacer(admission.origin)
             pacer.on_response(rate_limited=True, retry_after=retry_after, epoch=pacer.epoch)
 
-    async def wait_for_release(self, timeout: float) -> None:
+    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
         """Park until a permit frees anywhere in the fleet, or ``timeout``."""
         if self._shared:
             await self._park(max(timeout, 0.0))
-        else:
-            await self._fallback.wait_for_release(timeout)
+        elif isinstance(admission.permit, ConcurrencyPermit):
+            await self._fallback.wait_for_release(admission, timeout)
+        else:  # admitted by Redis before the fallback: nothing local to compare with
+            await self._fallback.limiter.wait_for_release(timeout)
 
     async def deposit_request(self) -> None:
         """Count a logical request; sent to Redis with the next acquire (no round trip)."""
@@ -448,14 +460,9 @@ class RedisStore:
                     "budget",
                     self._link().budget,
                     [self._k_budget],
-                    [
-                        deposits,
-                        settings.ratio,
-                        settings.min_per_second,
-                        settings.ttl,
-                        self._limit_args[3],
-                    ],
-                )
+                    [deposits, settings.ratio, settings.min_per_second, settings.ttl,
+                     self._limit_args[3]],
+                )  # fmt: skip
             except _Unavailable:
                 pass
             else:
@@ -478,7 +485,9 @@ class RedisStore:
         )
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait (at most ``timeout`` s) until the releases started so far have reached Redis."""
+        """Wait (at most ``timeout`` s) until the permits released so far are back in Redis."""
+        if self._releasing and not self._flush_pending and self._shared:
+            await self._flush_releases()
         pending = list(self._background)
         if pending:
             await asyncio.wait(pending, timeout=timeout)
@@ -496,19 +505,18 @@ class RedisStore:
         pending = [*tasks, *self._background]
         if pending:
             await asyncio.wait(pending, timeout=2 * self._timeout + 0.5)
-        if self._shared and (self._orphans or self._held):
-            self._orphans |= self._held
+        if self._shared:
+            self._orphans |= self._held | self._releasing.keys()
             self._held.clear()
+            self._releasing.clear()
             await self._flush_orphans()
         for waiter in self._waiters:
             waiter.event.set()
         self._waiters.clear()
         self._link_ = None
         for client in (link.client, link.waker):
-            try:
-                await client.aclose()
-            except _TROUBLE:
-                pass
+            with contextlib.suppress(*_TROUBLE):
+                await client.connection_pool.disconnect()
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -548,19 +556,23 @@ class RedisStore:
             socket_timeout=_WAKE_SLICE + self._timeout,
             **common,
         )
-        client = Redis.from_pool(pool)
+        client = Redis(connection_pool=pool)
         link = _Link(
             loop=loop,
             client=client,
-            waker=Redis.from_pool(waker_pool),
+            waker=Redis(connection_pool=waker_pool),
             acquire=client.register_script(lua.ACQUIRE),
             report=client.register_script(lua.REPORT),
             release=client.register_script(lua.RELEASE),
             renew=client.register_script(lua.RENEW),
             budget=client.register_script(lua.BUDGET),
         )
+        if self._link_ is not None:  # a new event loop: what ran on the old one is gone
+            self._tasks.clear()
+            self._background.clear()
+            self._waiters.clear()
+            self._flush_pending = False
         self._link_ = link
-        self._tasks.clear()  # tasks of another loop died with it
         return link
 
     async def _run(
@@ -595,83 +607,69 @@ class RedisStore:
                 raise _Unavailable from exc
         raise AssertionError("unreachable")
 
-    async def _acquire(self, origin: str, lease_id: str, slot_epoch: int) -> Sequence[Any]:
+    async def _acquire(self, origin: str, lease_id: str, slot_epoch: int) -> list[Any]:
+        """The acquire script, carrying this process's unsent releases to ``origin``."""
         initial, ceiling, lease_ms, state_ms = self._limit_args
         deposits, self._pending_deposits = self._pending_deposits, 0
         settings = self._budget_settings or RetryBudgetSettings()
-        reply = await self._run(
-            "acquire",
-            self._link().acquire,
-            [
-                self._k_ctl,
-                self._k_permits,
-                self._k_order,
-                self._k_wake,
-                self._k_workers,
-                self._k_budget,
-                self._rate_key(origin),
-            ],
-            [
-                lease_id,
-                self._worker,
-                lease_ms,
-                initial,
-                ceiling,
-                slot_epoch,
-                deposits,
-                settings.ratio,
-                settings.min_per_second,
-                settings.ttl,
-                state_ms,
-                self._worker_ttl_ms,
-            ],
-        )
+        releases = self._take_releases(origin)
+        try:
+            reply = await self._run(
+                "acquire",
+                self._link().acquire,
+                [self._k_ctl, self._k_permits, self._k_order, self._k_wake, self._k_workers,
+                 self._k_budget, self._rate_key(origin)],
+                [lease_id, self._worker, lease_ms, initial, ceiling, slot_epoch, deposits,
+                 settings.ratio, settings.min_per_second, settings.ttl, state_ms,
+                 self._worker_ttl_ms, *releases],
+            )  # fmt: skip
+        except BaseException:
+            self._orphans.update(str(x) for x in releases[::2])  # returned or not: again later
+            raise
         assert isinstance(reply, list)
         return reply
 
-    async def _release_remote(self, lease_id: str, origin: str, signal: int) -> None:
+    def _take_releases(self, origin: str | None) -> list[str | int]:
+        """Unsent releases (to ``origin``, or all) as flat (lease, answer) pairs."""
+        pairs: list[str | int] = []
+        for lease_id, (lease_origin, answer) in list(self._releasing.items()):
+            if origin is None or lease_origin == origin:
+                del self._releasing[lease_id]
+                pairs += (lease_id, answer)
+        return pairs
+
+    async def _flush_releases(self) -> None:
+        """Send the releases no acquire has carried, one call per origin."""
+        self._flush_pending = False
+        while self._releasing and self._shared:
+            origin = next(iter(self._releasing.values()))[0]
+            await self._release(origin, self._take_releases(origin))
+
+    async def _release(self, origin: str, pairs: list[str | int]) -> None:
         initial, ceiling, lease_ms, state_ms = self._limit_args
         try:
             reply = await self._run(
                 "release",
                 self._link().release,
-                [self._k_ctl, self._k_permits, self._k_order, self._k_wake, self._rate_key(origin)],
-                [
-                    signal,
-                    initial,
-                    ceiling,
-                    lease_ms,
-                    state_ms,
-                    _BETA,
-                    _RECOVERY,
-                    _MIN_RATE,
-                    lease_id,
-                ],
-            )
+                [self._k_ctl, self._k_permits, self._k_order, self._k_wake,
+                 self._rate_key(origin)],
+                [initial, ceiling, lease_ms, state_ms, *pairs],
+            )  # fmt: skip
         except _Unavailable:
-            self._orphans.add(lease_id)
+            self._orphans.update(str(p) for p in pairs[::2])
         except BaseException:
-            self._orphans.add(lease_id)
+            self._orphans.update(str(p) for p in pairs[::2])
             raise
         else:
             why = "slow_start" if int(reply[3]) == 1 else "grow"
             self._note_limit(int(reply[0]), int(reply[1]), why)
 
     async def _flush_orphans(self) -> None:
+        """Return leases whose fate is unknown (a failed or cancelled call, a fallback)."""
         leases = list(self._orphans)
-        if not leases:
-            return
-        initial, ceiling, lease_ms, state_ms = self._limit_args
-        try:
-            await self._run(
-                "release",
-                self._link().release,
-                [self._k_ctl, self._k_permits, self._k_order, self._k_wake, self._rate_key("")],
-                [0, initial, ceiling, lease_ms, state_ms, _BETA, _RECOVERY, _MIN_RATE, *leases],
-            )
-        except _Unavailable:
-            return
-        self._orphans.difference_update(leases)
+        if leases:
+            self._orphans.difference_update(leases)
+            await self._release("", [x for lease in leases for x in (lease, 0)])
 
     def _forget(self, lease_id: str) -> None:
         """A lease that may have been granted to a call we no longer wait for."""
@@ -689,7 +687,9 @@ class RedisStore:
     def _note_limit(self, old: int, new: int, why: str) -> None:
         self._last_limit = new
         if new != old:
-            emit(LIMIT_EVENT, "info", limiter=self.namespace, old=old, new=new, why=why)
+            # Cuts matter to an operator; growth happens every round trip and stays at DEBUG.
+            level = "info" if new < old else "debug"
+            emit(LIMIT_EVENT, level, limiter=self.namespace, old=old, new=new, why=why)
 
     # ----------------------------------------------------------------- background tasks
 
@@ -726,6 +726,14 @@ class RedisStore:
                 return
             self._workers = int(reply[1])
 
+    def _park_timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return _PARK_POLL
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("no concurrency permit before max_elapsed")
+        return min(remaining, _PARK_POLL)
+
     async def _park(self, timeout: float) -> None:
         """Wait for a wake-up token (a permit freed somewhere), or ``timeout``."""
         waiter = _Waiter()
@@ -741,10 +749,8 @@ class RedisStore:
         finally:
             if not waiter.event.is_set():
                 waiter.event.set()
-                try:
+                with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-                except ValueError:
-                    pass
 
     def _parked(self) -> bool:
         return any(not w.event.is_set() for w in self._waiters)
@@ -787,6 +793,8 @@ class RedisStore:
         self._shared = False
         self._fallbacks += 1
         self._down_since = time.monotonic()
+        self._orphans |= self._releasing.keys()
+        self._releasing.clear()
         split = max(1, self._last_limit // max(1, self._workers))
         self._fallback = LocalStore(
             max_concurrency=split, initial_concurrency=split, retry_budget=None
@@ -827,6 +835,7 @@ class RedisStore:
             self._generation += 1
             self._shared = True
             self._rejoins += 1
+            self._free_hint = max(1, self._free_hint)
             emit(
                 STORE_EVENT,
                 "warning",

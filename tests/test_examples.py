@@ -25,6 +25,11 @@ EXPECTED: dict[str, list[str]] = {
         "total waiting: 0.000s best case, 3.100s worst case",
         "outcome ok after 4 attempts",
     ],
+    "fleet.py": [
+        "one RedisStore namespace: 90 of 90 jobs done, max in flight 4 of plan 4, "
+        "1.00 attempts per job, plan-limit 429s: 0",
+        "a LocalStore per process: 90 of 90 jobs done",
+    ],
     "polling.py": ["created job-1 (HTTP 202)", "job-1: HTTP 200 {'ok': True, 'id': 'job-1'"],
     "reading_logs.py": ["60 requests:", "code ", "timeline of request "],
     "shared_limiter.py": [

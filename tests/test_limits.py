@@ -141,6 +141,16 @@ async def test_parked_request_wakes_on_release_not_on_timer() -> None:
     assert woke_at[0] - start < 1.0
 
 
+async def test_a_release_while_the_rejected_request_was_in_flight_is_not_missed() -> None:
+    limiter = AdaptiveLimiter(initial=3)
+    other, rejected = await take(limiter, 2)
+    limiter.release(other)  # completes before the 429 of `rejected` is even read
+    limiter.on_concurrency_exceeded(rejected)
+    limiter.release(rejected)
+    with anyio.fail_after(1):
+        await limiter.wait_for_release(timeout=30.0, since=rejected)  # returns at once
+
+
 async def test_park_times_out_when_nothing_of_ours_completes() -> None:
     limiter = AdaptiveLimiter(initial=2)
     with anyio.fail_after(1):

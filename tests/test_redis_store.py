@@ -1,0 +1,685 @@
+"""RedisStore against a real redis-server: shared limits, leases, wake-ups, fallback, fleets."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from resilience import (
+    DeadlineExceeded,
+    LocalStore,
+    ResilienceMiddleware,
+    RetryBudgetSettings,
+    Signal,
+    Store,
+)
+from resilience.redis import RedisStore
+from resilience.testing import Emulator
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIGIN = "http://api.test"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def raw(server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def store_events(logs: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e.get("event") == "resilience.store" and e["action"] == action]
+
+
+async def permits(raw: Redis, namespace: str) -> int:
+    return int(await raw.zcard(f"resilience:{{{namespace}}}:permits"))
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 3.0) -> None:
+    """Poll a predicate every 20 ms until it holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def no_permits(raw: Redis, namespace: str) -> bool:
+    return await permits(raw, namespace) == 0
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_store_connects_lazily_and_hides_the_password() -> None:
+    store = RedisStore.from_url("redis://:s3cret@127.0.0.1:1/0", namespace="acct-1")
+    assert isinstance(store, Store)
+    assert "s3cret" not in repr(store)
+    assert "s3cret" not in store.redacted_url
+    with pytest.raises(ValueError, match="namespace"):
+        RedisStore.from_url("redis://127.0.0.1", namespace="a{b}")
+    with pytest.raises(ValueError, match="scheme"):
+        RedisStore.from_url("http://127.0.0.1", namespace="x")
+
+
+async def test_happy_path_costs_two_round_trips(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        await store.deposit_request()
+        admission = await store.admit(ORIGIN, None)
+        assert await permits(raw, namespace) == 1
+        await store.report(admission, Signal.SUCCESS, None)
+        store.release(admission)
+        store.release(admission)  # idempotent
+        await store.drain()
+        assert await permits(raw, namespace) == 0
+        assert store.stats().round_trips == {"acquire": 1, "release": 1}
+
+
+async def test_back_to_back_requests_cost_one_round_trip_each(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        for _ in range(10):
+            admission = await store.admit(ORIGIN, None)
+            await store.report(admission, Signal.SUCCESS, None)
+            store.release(admission)  # rides on the next acquire
+        await store.drain()
+        trips = store.stats().round_trips
+        assert trips["acquire"] == 10
+        assert trips.get("release", 0) <= 1
+        assert await permits(raw, namespace) == 0
+
+
+async def test_limit_follows_the_local_store_rules(server: RedisServer, namespace: str) -> None:
+    """The same sequence of sends and answers moves both stores' limits identically."""
+    local = LocalStore(initial_concurrency=2, max_concurrency=9)
+    async with RedisStore.from_url(
+        server.url, namespace=namespace, initial_concurrency=2, max_concurrency=9
+    ) as shared:
+        stores: list[Store] = [local, shared]
+        held: list[list[Any]] = [[], []]
+
+        async def admit(n: int) -> None:
+            for store, mine in zip(stores, held, strict=True):
+                for _ in range(n):
+                    mine.append(await store.admit(ORIGIN, time.monotonic() + 2))
+
+        async def answer(index: int, signal: Signal) -> None:
+            for store, mine in zip(stores, held, strict=True):
+                admission = mine.pop(index)
+                await store.report(admission, signal, None)
+                store.release(admission)
+            await shared.drain()
+
+        trace: list[tuple[int, int]] = []
+        ops = [
+            ("admit", 2),
+            ("ok", 0),
+            ("ok", 0),  # slow start: 2 -> 3
+            ("admit", 3),
+            ("ok", 0),
+            ("ok", 0),
+            ("ok", 0),  # -> 4 -> 5
+            ("admit", 5),
+            ("limit", 4),
+            ("limit", 3),  # cut once: 5 -> 4 older in flight
+            ("ok", 0),
+            ("ok", 0),
+            ("ok", 0),  # +1/limit while half used
+            ("admit", 4),
+            ("ok", 0),
+            ("ok", 0),
+            ("ok", 0),
+            ("ok", 0),  # -> 5
+            ("admit", 1),
+            ("limit", 0),  # nothing older in flight: floor 1
+        ]
+        for op, arg in ops:
+            if op == "admit":
+                await admit(arg)
+            else:
+                await answer(arg, Signal.SUCCESS if op == "ok" else Signal.CONCURRENCY)
+            trace.append((local.concurrency_limit, shared.concurrency_limit))
+        assert [a for a, _ in trace] == [b for _, b in trace], trace
+        assert [a for a, _ in trace] == [2, 3, 3, 3, 4, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 2]
+
+
+async def test_a_burst_of_plan_limit_429s_cuts_the_shared_limit_once(
+    server: RedisServer, namespace: str
+) -> None:
+    settings: dict[str, Any] = {"namespace": namespace, "initial_concurrency": 6}
+    async with (
+        RedisStore.from_url(server.url, **settings) as a,
+        RedisStore.from_url(server.url, **settings) as b,
+    ):
+        sent = [await (a if n % 2 else b).admit(ORIGIN, None) for n in range(6)]
+        for n in (5, 4, 3):  # the three newest are turned away, in one round trip
+            store = a if n % 2 else b
+            await store.report(sent[n], Signal.CONCURRENCY, None)
+            store.release(sent[n])
+        await a.drain()
+        await b.drain()
+        assert a.concurrency_limit == 5  # cut once: older than the first rejected = 5
+        after = await b.admit(ORIGIN, None)  # b sees the fleet's limit
+        assert after.limit == 5
+        await b.report(after, Signal.CONCURRENCY, None)  # sent after the cut: cuts again
+        assert b.concurrency_limit == 3  # 3 older requests still in flight
+        b.release(after)
+        for n in range(3):
+            (a if n % 2 else b).release(sent[n])
+
+
+async def test_a_cut_does_not_count_requests_sent_after_the_rejected_one(
+    server: RedisServer, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace, initial_concurrency=8) as s:
+        older = [await s.admit(ORIGIN, None) for _ in range(5)]
+        rejected = await s.admit(ORIGIN, None)
+        await asyncio.sleep(0.05)  # well after it: these did not race it to the server
+        newer = [await s.admit(ORIGIN, None) for _ in range(2)]
+        await s.report(rejected, Signal.CONCURRENCY, None)
+        assert s.concurrency_limit == 5  # the 5 older ones, not the 7 others in flight
+        for admission in (*older, rejected, *newer):
+            s.release(admission)
+
+
+async def test_ceiling_stops_growth_and_floor_is_one(server: RedisServer, namespace: str) -> None:
+    async with RedisStore.from_url(
+        server.url, namespace=namespace, initial_concurrency=2, max_concurrency=3
+    ) as store:
+        for _ in range(5):
+            batch = [await store.admit(ORIGIN, None) for _ in range(store.concurrency_limit)]
+            for admission in batch:
+                await store.report(admission, Signal.SUCCESS, None)
+                store.release(admission)
+            await store.drain()
+        assert store.concurrency_limit == 3
+        for _ in range(4):
+            admission = await store.admit(ORIGIN, None)
+            await store.report(admission, Signal.CONCURRENCY, None)
+            store.release(admission)
+            await store.drain()
+        assert store.concurrency_limit == 1
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+async def test_a_waiter_is_woken_by_a_release_not_by_polling(
+    server: RedisServer, namespace: str
+) -> None:
+    settings: dict[str, Any] = {"namespace": namespace, "max_concurrency": 1}
+    async with (
+        RedisStore.from_url(server.url, **settings) as a,
+        RedisStore.from_url(server.url, **settings) as b,
+    ):
+        held = await a.admit(ORIGIN, None)
+        admitted = asyncio.Event()
+        woke_at = 0.0
+
+        async def wait_for_permit() -> None:
+            nonlocal woke_at
+            admission = await b.admit(ORIGIN, time.monotonic() + 10)
+            woke_at = time.monotonic()
+            admitted.set()
+            b.release(admission)
+
+        task = asyncio.create_task(wait_for_permit())
+        await asyncio.sleep(0.3)
+        assert not admitted.is_set()
+        released_at = time.monotonic()
+        a.release(held)
+        await asyncio.wait_for(admitted.wait(), 1.0)
+        await task
+        assert woke_at - released_at < 0.1  # parked waiters re-poll only every 2 s
+        assert b.stats().round_trips["acquire"] == 2
+
+
+async def test_wait_for_release_returns_when_the_fleet_frees_a_permit(
+    server: RedisServer, namespace: str
+) -> None:
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
+        held = await a.admit(ORIGIN, None)
+        rejected = await b.admit(ORIGIN, None)  # the one the plan limit turned away
+        b.release(rejected)
+        waiter = asyncio.create_task(b.wait_for_release(rejected, 5.0))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        a.release(held)
+        await asyncio.wait_for(waiter, 1.0)
+        assert time.monotonic() - started < 0.2
+
+
+# --------------------------------------------------------------------------- gate, pace, budget
+
+
+async def test_a_rate_limit_closes_the_gate_for_the_whole_namespace(
+    server: RedisServer, namespace: str, logs: list[dict[str, Any]]
+) -> None:
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
+        admission = await a.admit(ORIGIN, None)
+        await a.report(admission, Signal.RATE, 0.4)
+        a.release(admission)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="gate"):
+            await b.admit(ORIGIN, started + 0.1)
+        assert time.monotonic() - started < 0.05  # fails fast, does not sleep into it
+        other = await b.admit("http://other.test", None)  # gates are per origin
+        b.release(other)
+        admission = await b.admit(ORIGIN, None)
+        assert time.monotonic() - started > 0.3
+        b.release(admission)
+        assert len([e for e in logs if e.get("event") == "resilience.gate"]) == 1
+
+
+async def test_pacing_after_a_rate_limit_is_shared(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
+        for _ in range(10):  # traffic at ~100/s: the rate the server let through
+            admission = await a.admit(ORIGIN, None)
+            await a.report(admission, Signal.SUCCESS, None)
+            a.release(admission)
+            await asyncio.sleep(0.01)
+        await a.drain()
+        admission = await a.admit(ORIGIN, None)
+        await a.report(admission, Signal.RATE, 0.0)
+        a.release(admission)
+        rate = float(await raw.hget(f"resilience:{{{namespace}}}:rate:{ORIGIN}", "rate") or 0)
+        assert 20 <= rate <= 150  # cut to 70 % of it
+        started = time.monotonic()
+        for n in range(8):
+            store = a if n % 2 else b
+            admission = await store.admit(ORIGIN, None)
+            store.release(admission)
+        # Eight sends from two processes are spaced by one pace, not bursted.
+        assert time.monotonic() - started >= 0.8 * 7 / rate
+
+
+async def test_the_retry_budget_is_shared(server: RedisServer, namespace: str) -> None:
+    budget = RetryBudgetSettings(ratio=0.5, min_per_second=0.0, ttl=10.0)
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace, retry_budget=budget) as a,
+        RedisStore.from_url(server.url, namespace=namespace, retry_budget=budget) as b,
+    ):
+        for _ in range(4):
+            await a.deposit_request()  # 4 requests x 0.5 = 2 retries for the fleet
+        assert await a.try_retry()
+        assert await b.try_retry()
+        assert not await b.try_retry()
+        assert not await a.try_retry()
+
+
+# --------------------------------------------------------------------------- isolation, scripts
+
+
+async def test_namespaces_never_see_each_other(server: RedisServer, raw: Redis) -> None:
+    one, two = f"iso-{uuid.uuid4().hex[:6]}", f"iso-{uuid.uuid4().hex[:6]}"
+    async with (
+        RedisStore.from_url(server.url, namespace=one, max_concurrency=1) as a,
+        RedisStore.from_url(server.url, namespace=two, max_concurrency=1) as b,
+    ):
+        held = await a.admit(ORIGIN, None)
+        await a.report(held, Signal.RATE, 5.0)  # closes one's gate only
+        other = await b.admit(ORIGIN, time.monotonic() + 0.5)
+        with pytest.raises(DeadlineExceeded):
+            await a.admit(ORIGIN, time.monotonic() + 0.2)
+        keys = [str(k) for k in await raw.keys("*")]
+        ours = [k for k in keys if one in k or two in k]
+        assert len(ours) >= 8
+        for key in ours:
+            # One hash tag per namespace: every key of a namespace lands in one cluster slot.
+            assert key[key.index("{") + 1 : key.index("}")] in (one, two)
+        a.release(held)
+        b.release(other)
+
+
+async def test_script_flush_and_a_fresh_connection_are_survived(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        admission = await store.admit(ORIGIN, None)
+        store.release(admission)
+        await store.drain()
+        await raw.script_flush()
+        await raw.client_kill_filter(_type="normal", skipme=True)
+        for _ in range(3):
+            admission = await store.admit(ORIGIN, None)
+            await store.report(admission, Signal.CONCURRENCY, None)
+            store.release(admission)
+        await store.drain()
+        stats = store.stats()
+        assert stats.mode == "redis"
+        assert await permits(raw, namespace) == 0
+
+
+# --------------------------------------------------------------------------- leases
+
+
+async def test_cancellation_releases_leases(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    store = RedisStore.from_url(server.url, namespace=namespace, max_concurrency=2)
+    mw = ResilienceMiddleware(store=store)
+    async with (
+        Emulator(generation_time=30.0) as emu,
+        aiohttp.ClientSession(middlewares=(mw,)) as session,
+    ):
+
+        async def call(n: int) -> None:
+            async with session.post(emu.url / "v1/generate", json={"job": str(n)}) as resp:
+                await resp.read()
+
+        tasks = [asyncio.create_task(call(n)) for n in range(4)]  # 2 in flight, 2 waiting
+        await eventually(lambda: emu.stats.in_flight == 2)
+        assert await permits(raw, namespace) == 2
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await eventually(lambda: no_permits(raw, namespace), timeout=1.0)
+
+        # Cancelled while the acquire script is on its way: the lease it may get is returned.
+        await raw.client_pause(300, all=False)  # WRITE pause: scripts wait
+        admit = asyncio.create_task(store.admit(ORIGIN, None))
+        await asyncio.sleep(0.05)
+        admit.cancel()
+        await asyncio.gather(admit, return_exceptions=True)
+        await asyncio.sleep(0.4)
+        await eventually(lambda: no_permits(raw, namespace), timeout=1.0)
+    await store.aclose()
+
+
+async def test_a_lease_is_renewed_while_its_request_is_in_flight(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    settings: dict[str, Any] = {"namespace": namespace, "max_concurrency": 1, "lease_ttl": 0.6}
+    async with (
+        RedisStore.from_url(server.url, **settings) as a,
+        RedisStore.from_url(server.url, **settings) as b,
+    ):
+        held = await a.admit(ORIGIN, None)
+        await asyncio.sleep(1.5)  # 2.5 TTLs
+        assert await permits(raw, namespace) == 1
+        with pytest.raises(DeadlineExceeded):
+            await b.admit(ORIGIN, time.monotonic() + 0.3)
+        a.release(held)
+        admission = await b.admit(ORIGIN, time.monotonic() + 1)
+        b.release(admission)
+
+
+def _holder(url: str, namespace: str, *, permits: int, lease_ttl: float) -> subprocess.Popen[bytes]:
+    """A process that takes ``permits`` permits, says ``ready N`` and hangs."""
+    argv = [sys.executable, "-m", "tests.redis_server", "hold", "--redis", url,
+            "--namespace", namespace, "--permits", str(permits),
+            "--max-concurrency", str(permits), "--lease-ttl", str(lease_ttl)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, env=env)
+
+
+async def test_a_killed_process_permits_come_back_within_the_ttl(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    ttl = 1.0
+    proc = _holder(server.url, namespace, permits=2, lease_ttl=ttl)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert line.startswith(b"ready 2"), line
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert await permits(raw, namespace) == 2
+        async with RedisStore.from_url(
+            server.url, namespace=namespace, max_concurrency=2, lease_ttl=ttl
+        ) as store:
+            got = [await store.admit(ORIGIN, killed_at + 5) for _ in range(2)]
+            assert time.monotonic() - killed_at < ttl + 0.5
+            for admission in got:
+                store.release(admission)
+    finally:
+        proc.kill()
+        proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# --------------------------------------------------------------------------- fleets
+
+
+def _run_fleet(
+    redis_url: str, emulator: str, namespace: str, *, processes: int, jobs: int, **opts: int
+) -> list[dict[str, Any]]:
+    start_at = time.time() + 2.0  # let every process import and connect first
+    argv = [sys.executable, "-m", "tests.redis_server", "worker", "--redis", redis_url,
+            "--namespace", namespace, "--emulator", emulator, "--jobs", str(jobs),
+            "--start-at", str(start_at),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([*argv, "--name", f"w{n}"], cwd=ROOT, stdout=subprocess.PIPE, env=env)
+        for n in range(processes)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        lines = [ln for ln in out.decode().splitlines() if ln.startswith("RESULT ")]
+        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    return results
+
+
+async def test_three_processes_never_exceed_one_shared_limit(
+    server: RedisServer, namespace: str
+) -> None:
+    async with Emulator(generation_time=0.05) as emu:  # the server itself has no limit
+        results = await asyncio.to_thread(
+            _run_fleet,
+            server.url,
+            str(emu.url),
+            namespace,
+            processes=3,
+            jobs=16,
+            max_concurrency=3,
+            initial_concurrency=3,
+        )
+        stats = emu.stats
+    assert sum(r["ok"] for r in results) == 48
+    assert all(r["mode"] == "redis" for r in results)
+    assert stats.max_in_flight == 3  # one limit of 3 for the fleet, not 3 per process
+    assert stats.duplicates == 0
+
+
+async def test_three_processes_learn_the_plan_limit_together(
+    server: RedisServer, namespace: str
+) -> None:
+    async with Emulator(plan_concurrency=4, generation_time=0.05) as emu:
+        results = await asyncio.to_thread(
+            _run_fleet,
+            server.url,
+            str(emu.url),
+            namespace,
+            processes=3,
+            jobs=30,
+            initial_concurrency=2,
+        )
+        stats = emu.stats
+    assert sum(r["ok"] for r in results) == 90
+    rejected = stats.by_code["GENERATION_CONCURRENCY_EXCEEDED"]
+    assert (90 + rejected) / 90 <= 1.3, stats.by_code  # per-process limiters: > 2x
+    assert stats.duplicates == 0
+
+
+# --------------------------------------------------------------------------- Redis trouble
+
+
+async def test_redis_down_at_start_falls_back_to_bounded_local_limits(
+    logs: list[dict[str, Any]],
+) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    store = RedisStore.from_url(url, namespace="down", initial_concurrency=2)
+    mw = ResilienceMiddleware(store=store)
+    async with (
+        Emulator(generation_time=0.02) as emu,
+        aiohttp.ClientSession(middlewares=(mw,)) as session,
+    ):
+
+        async def call(n: int) -> int:
+            async with session.post(emu.url / "v1/generate", json={"job": str(n)}) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(call(n) for n in range(20)))
+        assert statuses == [200] * 20
+        assert emu.stats.max_in_flight <= 2  # bounded: the initial limit, never unlimited
+    await store.aclose()
+    assert len(store_events(logs, "fallback")) == 1
+    assert store.stats().mode == "local"
+    assert "s3cret" not in json.dumps(logs, default=str)
+
+
+async def test_a_hung_redis_costs_one_timeout_then_local_limits(
+    logs: list[dict[str, Any]],
+) -> None:
+    with RedisServer() as srv:
+        store = RedisStore.from_url(
+            srv.url, namespace="hang", redis_timeout=0.2, probe_max_delay=0.2
+        )
+        admission = await store.admit(ORIGIN, None)
+        store.release(admission)
+        await store.drain()
+        srv.pause()
+        try:
+            started = time.monotonic()
+            admission = await store.admit(ORIGIN, None)
+            assert time.monotonic() - started < 0.5
+            store.release(admission)
+            assert store.stats().mode == "local"
+        finally:
+            srv.resume()
+        await eventually(lambda: store.stats().mode == "redis")
+        await store.aclose()
+    assert len(store_events(logs, "fallback")) == 1
+    assert len(store_events(logs, "rejoin")) == 1
+
+
+async def test_a_fallback_splits_the_last_limit_across_the_live_workers(
+    logs: list[dict[str, Any]],
+) -> None:
+    with RedisServer() as srv:
+        settings: dict[str, Any] = {"namespace": "split", "initial_concurrency": 8}
+        async with (
+            RedisStore.from_url(srv.url, **settings) as a,
+            RedisStore.from_url(srv.url, **settings) as b,
+        ):
+            for store in (a, b, a):  # a's second visit sees b registered
+                store.release(await store.admit(ORIGIN, None))
+                await store.drain()
+            srv.kill()
+            held = [await a.admit(ORIGIN, None) for _ in range(4)]
+            assert a.stats().mode == "local"
+            assert a.concurrency_limit == 4  # 8 for the fleet, 2 workers: 4 each
+            with pytest.raises(DeadlineExceeded):
+                await a.admit(ORIGIN, time.monotonic() + 0.1)  # bounded, never unlimited
+            for admission in held:
+                a.release(admission)
+    (event,) = store_events(logs, "fallback")
+    assert event["limit"] == 4
+    assert event["workers"] == 2
+
+
+async def test_redis_killed_mid_batch_and_restarted_loses_no_request(
+    logs: list[dict[str, Any]],
+) -> None:
+    with RedisServer() as srv:
+        store = RedisStore.from_url(
+            srv.url, namespace="restart", lease_ttl=1.0, probe_max_delay=0.2
+        )
+        mw = ResilienceMiddleware(store=store)
+        async with (
+            Emulator(plan_concurrency=4, generation_time=0.03) as emu,
+            aiohttp.ClientSession(middlewares=(mw,)) as session,
+        ):
+            done = 0
+
+            async def call(n: int) -> int:
+                nonlocal done
+                async with session.post(emu.url / "v1/generate", json={"job": str(n)}) as resp:
+                    await resp.read()
+                    done += 1
+                    return resp.status
+
+            batch = asyncio.gather(*(call(n) for n in range(80)))
+            await eventually(lambda: done >= 10)
+            srv.kill()
+            await eventually(lambda: store.stats().mode == "local")
+            await asyncio.sleep(0.2)
+            srv.restart()
+            statuses = await asyncio.wait_for(batch, 30)
+            await eventually(lambda: store.stats().mode == "redis")
+            assert statuses == [200] * 80
+            assert emu.stats.duplicates == 0
+            # Back on the shared limit: the new Redis holds the namespace's state again.
+            more = await asyncio.gather(*(call(n) for n in range(80, 90)))
+            assert more == [200] * 10
+        client = Redis.from_url(srv.url)
+        assert await client.exists("resilience:{restart}:ctl")
+        await client.aclose()
+        await store.aclose()
+    assert len(store_events(logs, "fallback")) == 1
+    assert len(store_events(logs, "rejoin")) == 1
+
+
+async def test_rediss_works(namespace: str) -> None:
+    with RedisServer(tls=True) as srv:
+        assert srv.url.startswith("rediss://")
+        async with RedisStore.from_url(
+            srv.url, namespace=namespace, connection_options={"ssl_ca_certs": str(srv.ca_file)}
+        ) as store:
+            admission = await store.admit(ORIGIN, None)
+            store.release(admission)
+            await store.drain()
+            assert store.stats().mode == "redis"
