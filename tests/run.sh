@@ -15,7 +15,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-python3 -m ruff check .
-python3 -m ruff format --check .
+python3 -m ruff check resilience tests examples benchmarks
+python3 -m ruff format --check resilience tests examples benchmarks
 python3 -m mypy
 python3 -m pytest "$@"
