@@ -41,7 +41,7 @@ class ConcurrencyPermit:
     epoch: int  # the limiter's cut counter when the slot was taken
     limit: int  # the limit when the slot was taken (for logs)
     released: bool = False
-    releases_seen: int = 0  # the limiter's release counter when the slot was taken
+    releases_seen: int = 0  # the limiter's release counter when its 429 was reported
 
 
 class AdaptiveLimiter:
@@ -118,7 +118,6 @@ class AdaptiveLimiter:
     def _admitted(self, permit: ConcurrencyPermit) -> ConcurrencyPermit:
         self._seq += 1
         permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
-        permit.releases_seen = self._releases
         self._in_flight[permit] = permit.seq
         return permit
 
@@ -141,7 +140,7 @@ class AdaptiveLimiter:
         A request turned away by the plan limit resends when a slot frees, not on a timer; the
         timeout only covers the case where none of ours is in flight (another client holds
         the plan's slots). With ``since`` (the rejected request's own permit), a completion
-        that happened while it was in flight counts: no wake-up is missed.
+        between its 429 being reported and the park counts: no wake-up is missed.
         """
         # Our own release is one of them: any other means a slot freed since we were sent.
         if since is not None and self._releases - since.releases_seen > 1:
@@ -169,6 +168,9 @@ class AdaptiveLimiter:
             self._set_limit(self._limit + 1, "grow")
 
     def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
+        # Completions from now on may wake it (see wait_for_release); earlier ones freed slots
+        # that others have taken since.
+        permit.releases_seen = self._releases
         if permit.epoch != self._epoch:
             return  # sent before the last cut: that cut already accounted for it
         # A snapshot: a connection callback may release a permit while we count.

@@ -58,25 +58,9 @@ _OK: Final = Decision(Outcome.OK)
 _OK_VERDICT: Final = Verdict(Handling.OK)  # status and server id are read off the response
 
 
-_random_pool = bytearray()
-
-
-def _refill_after_fork() -> None:
-    _random_pool.clear()  # a forked child must not reuse its parent's unread bytes
-
-
-os.register_at_fork(after_in_child=_refill_after_fork)
-
-
 def new_request_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, like ``uuid.uuid4().hex``.
-
-    Reads ``os.urandom`` 4 KiB at a time: one system call per 256 IDs instead of one each.
-    """
-    if not _random_pool:
-        _random_pool.extend(os.urandom(4096))
-    n = int.from_bytes(_random_pool[-16:], "big")
-    del _random_pool[-16:]
+    """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex``, without the UUID."""
+    n = int.from_bytes(os.urandom(16), "big")
     n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
     n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
     return f"{n:032x}"
@@ -170,8 +154,15 @@ class ResilienceMiddleware:
                 initial_concurrency=initial_concurrency,
                 retry_budget=retry_budget,
             )
-        elif max_concurrency is not None:
-            raise ValueError("pass max_concurrency to the store, not beside it")
+        elif (
+            max_concurrency is not None
+            or initial_concurrency != 4
+            or retry_budget != RetryBudgetSettings()
+        ):
+            raise ValueError(
+                "with store=..., give max_concurrency, initial_concurrency and retry_budget "
+                "to the store, not to the middleware"
+            )
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement resilience.Store, got {type(store).__name__}")
         self.store: Final = store

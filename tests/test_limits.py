@@ -144,11 +144,22 @@ async def test_parked_request_wakes_on_release_not_on_timer() -> None:
 async def test_a_release_while_the_rejected_request_was_in_flight_is_not_missed() -> None:
     limiter = AdaptiveLimiter(initial=3)
     other, rejected = await take(limiter, 2)
-    limiter.release(other)  # completes before the 429 of `rejected` is even read
     limiter.on_concurrency_exceeded(rejected)
+    limiter.release(other)  # completes after the 429 was seen, before the request parks
     limiter.release(rejected)
     with anyio.fail_after(1):
         await limiter.wait_for_release(timeout=30.0, since=rejected)  # returns at once
+
+
+async def test_a_release_before_the_429_does_not_wake_the_rejected_request() -> None:
+    limiter = AdaptiveLimiter(initial=3)
+    other, rejected = await take(limiter, 2)
+    limiter.release(other)  # that slot freed before the server turned us away: taken since
+    limiter.on_concurrency_exceeded(rejected)
+    limiter.release(rejected)
+    with anyio.move_on_after(0.05) as scope:
+        await limiter.wait_for_release(timeout=30.0, since=rejected)
+    assert scope.cancelled_caught  # parked, waiting for a completion that comes after
 
 
 async def test_park_times_out_when_nothing_of_ours_completes() -> None:

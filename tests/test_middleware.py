@@ -21,6 +21,7 @@ from resilience import (
     CodeTable,
     DeadlineExceeded,
     ErrorSpec,
+    LocalStore,
     ResilienceMiddleware,
     wrap,
 )
@@ -537,6 +538,9 @@ async def test_raise_for_status_session_still_works(emu: Emulator) -> None:
         {"max_concurrency": 0},
         {"initial_concurrency": 0},
         {"envelope_cap": -1},
+        {"store": LocalStore(), "max_concurrency": 8},  # the store's, not the middleware's
+        {"store": LocalStore(), "initial_concurrency": 8},
+        {"store": LocalStore(), "retry_budget": None},
     ],
 )
 def test_bad_settings_raise_value_error(kwargs: dict[str, Any]) -> None:
