@@ -168,7 +168,7 @@ async def _run_jobs(
                         await resp.read()
                     else:
                         failure = await _failure_key(resp)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failure = type(exc).__name__
             if failure is None:
                 ok += 1

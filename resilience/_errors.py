@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +57,15 @@ class ApiError(aiohttp.ClientResponseError):
         return self._api_code
 
 
-class DeadlineExceeded(aiohttp.ClientError, TimeoutError):
+if sys.version_info >= (3, 11):
+    _TimeoutBase = TimeoutError  # asyncio.TimeoutError is the builtin since 3.11
+else:  # pragma: no cover - 3.10
+
+    class _TimeoutBase(asyncio.TimeoutError, TimeoutError):
+        """Both timeouts, so ``except TimeoutError`` and ``except asyncio.TimeoutError`` work."""
+
+
+class DeadlineExceeded(aiohttp.ClientError, _TimeoutBase):
     """No attempt could be sent before ``max_elapsed``: the rate gate stayed closed, or no
     concurrency permit came. A ``TimeoutError``.
 

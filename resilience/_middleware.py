@@ -338,7 +338,10 @@ class _Call:
         self, exc: BaseException, waited: float, sent_at: float
     ) -> None:
         """Decide after an exception from ``handler()``; returns to retry, raises to stop."""
-        if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ServerTimeoutError):
+        # asyncio.TimeoutError: the builtin on 3.11+, its own class on 3.10 (aiohttp raises it).
+        if isinstance(exc, asyncio.TimeoutError) and not isinstance(
+            exc, aiohttp.ServerTimeoutError
+        ):
             self._log_stopped(exc, waited, sent_at, "timeout")  # the caller's total timeout
             raise exc
         if not isinstance(exc, Exception) or not isinstance(exc, aiohttp.ClientError):

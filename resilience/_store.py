@@ -107,6 +107,20 @@ class Store(Protocol):
         ...
 
 
+def check_concurrency(max_concurrency: int | None, initial_concurrency: int) -> None:
+    """Validate a store's concurrency settings (shared by every store)."""
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+    ):
+        raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+    if isinstance(initial_concurrency, bool) or not isinstance(initial_concurrency, int):
+        raise TypeError(f"initial_concurrency must be an int, got {initial_concurrency!r}")
+    if initial_concurrency < 1:
+        raise ValueError(f"initial_concurrency must be >= 1, got {initial_concurrency!r}")
+
+
 class LocalStore:
     """In-process limits, shared by every middleware (and session) that is given this object.
 
@@ -121,14 +135,7 @@ class LocalStore:
         initial_concurrency: int = 4,
         retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),
     ) -> None:
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-        ):
-            raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
-        if initial_concurrency < 1:
-            raise ValueError(f"initial_concurrency must be >= 1, got {initial_concurrency!r}")
+        check_concurrency(max_concurrency, initial_concurrency)
         self._clock = time.monotonic
         self.limiter = AdaptiveLimiter(ceiling=max_concurrency, initial=initial_concurrency)
         self._pacers: dict[str, RatePacer] = {}

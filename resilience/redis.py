@@ -46,7 +46,7 @@ from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, LIMIT_EVENT, STORE_EVENT, emit, redact_url
 from ._limits import ConcurrencyPermit, RetryBudget
-from ._store import Admission, LocalStore, RetryBudgetSettings, Signal
+from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, check_concurrency
 
 __all__ = ["RedisStore", "RedisStoreStats"]
 
@@ -166,14 +166,7 @@ class RedisStore:
             raise ValueError("namespace must be a non-empty string")
         if "{" in namespace or "}" in namespace:
             raise ValueError(f"namespace may not contain '{{' or '}}': {namespace!r}")
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-        ):
-            raise TypeError(f"max_concurrency must be an int or None, got {max_concurrency!r}")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
-        if initial_concurrency < 1:
-            raise ValueError(f"initial_concurrency must be >= 1, got {initial_concurrency!r}")
+        check_concurrency(max_concurrency, initial_concurrency)
         if not 0.1 <= lease_ttl <= 3600:
             raise ValueError(f"lease_ttl must be in [0.1, 3600] seconds, got {lease_ttl!r}")
         if not 0 < redis_timeout <= 30:
