@@ -187,19 +187,24 @@ local function release_leases(st, permits, order, rkey, ceiling, args, first, no
   local removed = 0
   for i = first, #args - 1, 2 do
     local lease, answer = args[i], tonumber(args[i + 1])
-    if answer == 1 and not (ceiling > 0 and st.limit >= ceiling)
-       and redis.call('ZCARD', permits) * 2 >= st.limit then
-      if st.slow == 1 then
-        st.limit = st.limit + 1
-      else
-        st.growth = st.growth + 1 / st.limit
-        if st.growth >= 1 then st.growth = 0; st.limit = st.limit + 1 end
-      end
-      st.dirty = true
-    end
-    if answer > 0 then rate_response(rkey, now, false, -1, -1, state_ttl) end
-    removed = removed + redis.call('ZREM', permits, lease)
+    local in_flight = redis.call('ZCARD', permits)
     redis.call('ZREM', order, lease)
+    -- only a lease still held counts: a release run twice (a retried call) or of an expired
+    -- lease feeds nothing in
+    if redis.call('ZREM', permits, lease) == 1 then
+      removed = removed + 1
+      if answer == 1 and not (ceiling > 0 and st.limit >= ceiling)
+         and in_flight * 2 >= st.limit then
+        if st.slow == 1 then
+          st.limit = st.limit + 1
+        else
+          st.growth = st.growth + 1 / st.limit
+          if st.growth >= 1 then st.growth = 0; st.limit = st.limit + 1 end
+        end
+        st.dirty = true
+      end
+      if answer > 0 then rate_response(rkey, now, false, -1, -1, state_ttl) end
+    end
   end
   return removed
 end
@@ -224,9 +229,23 @@ ACQUIRE: Final = (
 -- reserves slots one at a time per process, so each reservation sees the current rate)
 local ctl, permits, order, wake, workers, bkey, rkey =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ceiling = tonumber(ARGV[5])
+if redis.call('ZSCORE', permits, ARGV[1]) then
+  -- this lease was granted already (the call is a retry whose first reply was lost): the
+  -- same grant again, nothing changed
+  local v = redis.call('HMGET', ctl, 'limit', 'epoch')
+  local limit = tonumber(v[1]) or tonumber(ARGV[4])
+  if ceiling > 0 and limit > ceiling then limit = ceiling end
+  local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate')
+  local paced = 0
+  if rv[3] or (tonumber(rv[1]) or 0) > now_ms() then paced = 1 end
+  local send_epoch = tonumber(ARGV[6])
+  if send_epoch < 0 then send_epoch = tonumber(rv[2]) or 0 end
+  return {0, math.max(0, redis.call('ZCARD', permits) - 1), tonumber(v[2]) or 0,
+          math.max(1, limit), send_epoch, redis.call('ZCARD', workers), paced}
+end
 local now = now_ms()
 local lease_ttl = tonumber(ARGV[3])
-local ceiling = tonumber(ARGV[5])
 local state_ttl = tonumber(ARGV[11])
 local worker_ttl = tonumber(ARGV[12])
 local st = load_limit(ctl, tonumber(ARGV[4]), ceiling)

@@ -222,6 +222,8 @@ class RedisStore:
             max_concurrency=self._initial, initial_concurrency=self._initial, retry_budget=None
         )
         self._down_since = 0.0
+        self._probe_delay = _PROBE_FIRST  # the probe's backoff when it last rejoined
+        self._rejoined_at = -math.inf
         self._last_limit = self._initial
         self._workers = 1
         self._fallbacks = 0
@@ -229,7 +231,9 @@ class RedisStore:
         self._round_trips: Counter[str] = Counter()
 
         self._link_: _Link | None = None
-        self._held: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the state below
+        self._closed = False  # aclose() began: no new tasks, no new connections
+        self._held: dict[str, _Lease] = {}
         self._releasing: dict[str, tuple[str, int]] = {}  # lease -> (origin, answer), unsent
         self._flush_pending = False
         self._orphans: set[str] = set()  # leases to return once Redis answers again
@@ -288,16 +292,20 @@ class RedisStore:
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         """Wait at the shared gate and pacer of ``origin``, then for a shared permit."""
         slot_epoch = -1  # the pacing epoch of our reserved sending slot, once we hold one
+        self._closed = False  # used again after aclose(): reopens lazily
+        self._on_loop()
         if self._shared and (self._parked() or self._acquiring >= max(1, self._free_hint)):
             # The fleet looked full a moment ago: queue behind this process's waiters instead
             # of asking Redis; a freed permit (or a grant with room to spare) wakes us.
             await self._park(self._park_timeout(deadline))
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded("no concurrency permit before max_elapsed")
             if not self._shared:
+                self._start("probe", self._probe)  # a no-op while one runs (new loop: anew)
                 return await self._admit_local(origin, deadline)
             lease_id = f"{self._worker}:{next(self._lease_ids)}"
             turn = self._turns.get(origin) if slot_epoch < 0 else None
-            self._acquiring += 1
             try:
                 if turn is None:
                     reply = await self._acquire(origin, lease_id, slot_epoch)
@@ -309,8 +317,6 @@ class RedisStore:
             except BaseException:
                 self._forget(lease_id)  # cancelled mid-call: the script may have granted it
                 raise
-            finally:
-                self._acquiring -= 1
             status, value, epoch, limit, slot_epoch, workers, paced = (int(x) for x in reply)
             self._last_limit, self._workers = limit, workers
             if paced and origin not in self._turns:
@@ -318,13 +324,14 @@ class RedisStore:
             elif not paced:
                 self._turns.pop(origin, None)
             if status == _GRANTED:
-                self._held.add(lease_id)
+                lease = _Lease(lease_id, epoch)
+                self._held[lease_id] = lease
                 self._start("heartbeat", self._heartbeat)
                 self._free_hint = limit - value - 1  # value: permits held before ours
                 for _ in range(self._free_hint - self._acquiring):
                     if not self._wake_one():  # room to spare: let queued requests ask
                         break
-                return Admission(origin, _Lease(lease_id, epoch), limit, slot_epoch)
+                return Admission(origin, lease, limit, slot_epoch)
             self._free_hint = 0
             if status == _WAIT:
                 await self._sleep_for(value / 1e6, deadline)
@@ -368,18 +375,18 @@ class RedisStore:
         if permit.released:
             return
         permit.released = True
-        self._held.discard(permit.id)
-        if not self._shared:
+        self._held.pop(permit.id, None)
+        if not self._shared or self._closed:
             self._orphans.add(permit.id)
             return
         answer = admission.extra.get("answer", 0)
         assert isinstance(answer, int)
         self._releasing[permit.id] = (admission.origin, answer)
+        try:
+            loop = self._on_loop()  # a new loop: a flush pending on the old one is gone
+        except RuntimeError:
+            return  # no loop (interpreter shutdown): the lease expires with its TTL
         if not self._flush_pending:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # no loop (interpreter shutdown): the lease expires with its TTL
             self._flush_pending = True
             self._spawn(loop, self._flush_releases())
 
@@ -404,6 +411,7 @@ class RedisStore:
                     [1 if signal is Signal.CONCURRENCY else 2, permit.id, permit.epoch,
                      -1 if retry_after is None else round(retry_after * 1000, 3),
                      admission.rate_epoch, initial, ceiling, lease_ms, state_ms],
+                    idempotent=False,
                 )  # fmt: skip
             except _Unavailable:
                 pass
@@ -455,6 +463,7 @@ class RedisStore:
                     [self._k_budget],
                     [deposits, settings.ratio, settings.min_per_second, settings.ttl,
                      self._limit_args[3]],
+                    idempotent=False,
                 )  # fmt: skip
             except _Unavailable:
                 pass
@@ -487,9 +496,15 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Return what can be returned, stop the background tasks, close the connections."""
+        self._closed = True
+        for lease in self._held.values():
+            lease.released = True  # returned here: a later release() must not return it again
         link = self._link_
         if link is None or link.loop is not asyncio.get_running_loop():
             self._link_ = None
+            self._orphans |= self._held.keys()
+            self._held.clear()
+            self._tasks.clear()
             return
         tasks = [t for t in self._tasks.values() if not t.done()]
         self._tasks.clear()
@@ -498,10 +513,10 @@ class RedisStore:
         pending = [*tasks, *self._background]
         if pending:
             await asyncio.wait(pending, timeout=2 * self._timeout + 0.5)
+        self._orphans |= self._held.keys() | self._releasing.keys()
+        self._held.clear()
+        self._releasing.clear()
         if self._shared:
-            self._orphans |= self._held | self._releasing.keys()
-            self._held.clear()
-            self._releasing.clear()
             await self._flush_orphans()
         for waiter in self._waiters:
             waiter.event.set()
@@ -524,11 +539,28 @@ class RedisStore:
 
     # ----------------------------------------------------------------- Redis calls
 
-    def _link(self) -> _Link:
+    def _on_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop; on a new one, forget what ran on the old one (it is gone)."""
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._link_ = None
+                self._tasks.clear()
+                self._background.clear()
+                self._waiters.clear()
+                self._turns.clear()  # locks of the old loop (maybe held by dead tasks)
+                self._acquiring = 0
+                self._flush_pending = False
+            self._loop = loop
+        return loop
+
+    def _link(self) -> _Link:
+        loop = self._on_loop()
         link = self._link_
         if link is not None and link.loop is loop:
             return link
+        if self._closed:
+            raise _Unavailable("the store is closed")
         common: dict[str, Any] = {
             "socket_connect_timeout": self._timeout,
             "retry": Retry(NoBackoff(), 0),
@@ -560,32 +592,35 @@ class RedisStore:
             renew=client.register_script(lua.RENEW),
             budget=client.register_script(lua.BUDGET),
         )
-        if self._link_ is not None:  # a new event loop: what ran on the old one is gone
-            self._tasks.clear()
-            self._background.clear()
-            self._waiters.clear()
-            self._flush_pending = False
         self._link_ = link
         return link
 
     async def _run(
-        self, kind: str, script: AsyncScript, keys: Sequence[str], args: Sequence[object]
+        self,
+        kind: str,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[object],
+        *,
+        idempotent: bool = True,
     ) -> Any:
         """One script call; Redis trouble switches to local limits and raises _Unavailable.
 
         A call that fails at once on a dropped connection (Redis restarted, an idle connection
-        closed by the server) is repeated once on a fresh connection: every script is safe to
-        run twice. A call that timed out is never repeated.
+        closed by the server) is repeated once on a fresh connection if the script is safe to
+        run twice (acquire, release, renew; not report or budget, which would count twice).
+        A call that timed out is never repeated.
         """
         generation = self._generation
-        for attempt in (1, 2):
+        for attempt in (1, 2) if idempotent else (1,):
             self._round_trips[kind] += 1
             started = time.monotonic()
             try:
                 return await script(keys=keys, args=args)  # type: ignore[arg-type]
             except _TROUBLE as exc:
                 stale = (
-                    attempt == 1
+                    idempotent
+                    and attempt == 1
                     and isinstance(exc, redis_errors.ConnectionError)
                     and not isinstance(exc, (redis_errors.TimeoutError, TimeoutError))
                     and time.monotonic() - started < self._timeout / 2
@@ -606,6 +641,7 @@ class RedisStore:
         deposits, self._pending_deposits = self._pending_deposits, 0
         settings = self._budget_settings or RetryBudgetSettings()
         releases = self._take_releases(origin)
+        self._acquiring += 1  # only the call itself: not callers queued for a pacing turn
         try:
             reply = await self._run(
                 "acquire",
@@ -619,6 +655,8 @@ class RedisStore:
         except BaseException:
             self._orphans.update(str(x) for x in releases[::2])  # returned or not: again later
             raise
+        finally:
+            self._acquiring = max(0, self._acquiring - 1)
         assert isinstance(reply, list)
         return reply
 
@@ -692,9 +730,12 @@ class RedisStore:
         task.add_done_callback(self._background.discard)
 
     def _start(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._closed:
+            return
+        loop = self._on_loop()
         task = self._tasks.get(name)
-        if task is None or task.done():
-            self._tasks[name] = asyncio.get_running_loop().create_task(body())
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._tasks[name] = loop.create_task(body())
 
     async def _heartbeat(self) -> None:
         """Renew this process's leases every third of the TTL while it holds any."""
@@ -781,7 +822,7 @@ class RedisStore:
 
     def _trouble(self, exc: BaseException, generation: int) -> None:
         """Redis failed: fall back to local limits once, and probe until it answers."""
-        if not self._shared or generation != self._generation:
+        if not self._shared or generation != self._generation or self._closed:
             return
         self._shared = False
         self._fallbacks += 1
@@ -812,22 +853,35 @@ class RedisStore:
         return text[:300]
 
     async def _probe(self) -> None:
-        """PING with jittered exponential backoff; rejoin the fleet when Redis answers."""
+        """A write script with jittered exponential backoff; rejoin the fleet when Redis answers."""
         delay = _PROBE_FIRST
-        while not self._shared:
+        if time.monotonic() - self._rejoined_at < 2 * self._probe_max_delay + 10:
+            # Down again soon after a rejoin (Redis flapping, or answering the probe but not
+            # the traffic): go on backing off instead of starting over.
+            delay = self._probe_delay
+        while not self._shared and not self._closed:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._probe_max_delay)
+            if self._closed:
+                return
             self._round_trips["probe"] += 1
             link = self._link()
             try:
                 for client in (link.client, link.waker):
                     await client.connection_pool.disconnect()  # all suspect: start afresh
-                await link.client.ping()
+                # A script that writes, not PING: a Redis that answers PING but refuses
+                # scripts or writes (out of memory, a read-only replica) is still down.
+                await link.renew(
+                    keys=[self._k_permits, self._k_order, self._k_wake, self._k_workers,
+                          self._k_ctl],
+                    args=[self._limit_args[2], self._worker, self._worker_ttl_ms],
+                )  # fmt: skip
             except _TROUBLE:
                 continue
             self._generation += 1
             self._shared = True
             self._rejoins += 1
+            self._probe_delay, self._rejoined_at = delay, time.monotonic()
             self._free_hint = max(1, self._free_hint)
             emit(
                 STORE_EVENT,

@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 
 from resilience import (
     DeadlineExceeded,
@@ -27,6 +29,7 @@ from resilience import (
     Signal,
     Store,
 )
+from resilience import _redis_lua as lua
 from resilience.redis import RedisStore
 from resilience.testing import Emulator
 from tests.redis_server import RedisServer, free_port
@@ -683,3 +686,185 @@ async def test_rediss_works(namespace: str) -> None:
             store.release(admission)
             await store.drain()
             assert store.stats().mode == "redis"
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+async def test_a_retried_acquire_or_release_counts_once(raw: Redis, namespace: str) -> None:
+    acquire, release = raw.register_script(lua.ACQUIRE), raw.register_script(lua.RELEASE)
+    ns = f"resilience:{{{namespace}}}:"
+    keys = [ns + k for k in ("ctl", "permits", "order", "wake", "workers", "budget", "rate:o")]
+    # limit 1: the same acquire twice (a retry whose first reply was lost) is one grant
+    args: list[str | int | float] = ["w:1", "w", 30000, 1, 1, -1, 0, 0.2, 10, 10, 86400000, 60000]
+    first = await acquire(keys=keys, args=args)
+    assert await acquire(keys=keys, args=args) == first
+    assert first[0] == 0
+    assert await raw.zrange(ns + "permits", 0, -1) == ["w:1"]
+    # the same release twice: one success, one growth
+    await raw.delete(*keys)
+    args[3] = 2
+    args[4] = 0
+    await acquire(keys=keys, args=args)
+    rkeys = [ns + k for k in ("ctl", "permits", "order", "wake", "rate:o")]
+    assert (await release(keys=rkeys, args=[2, 0, 30000, 86400000, "w:1", 1]))[:3] == [2, 3, 1]
+    assert (await release(keys=rkeys, args=[2, 0, 30000, 86400000, "w:1", 1]))[:3] == [3, 3, 0]
+    assert await raw.hget(ns + "ctl", "limit") == "3"
+
+
+async def test_a_script_that_counts_is_not_repeated_on_a_dropped_connection(
+    server: RedisServer, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        store.release(await store.admit(ORIGIN, None))
+        await store.drain()
+        calls = 0
+
+        async def dropped(**_: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            raise RedisConnectionError("Connection reset by peer")
+
+        link = store._link()
+        link.budget = link.report = dropped  # type: ignore[assignment]
+        assert await store.try_retry()  # the local budget answers
+        assert calls == 1
+        assert store.stats().mode == "local"
+
+
+async def test_no_admission_after_the_deadline(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        with pytest.raises(DeadlineExceeded):
+            await store.admit(ORIGIN, time.monotonic() - 0.01)
+        assert "acquire" not in store.stats().round_trips
+        assert await permits(raw, namespace) == 0
+
+
+def test_a_fallback_rejoins_on_a_new_loop_and_after_aclose() -> None:
+    with RedisServer() as srv:
+        store = RedisStore.from_url(srv.url, namespace="rejoin", probe_max_delay=0.2)
+
+        async def one() -> None:
+            store.release(await store.admit(ORIGIN, None))
+            await store.drain()
+
+        async def until_shared() -> None:
+            deadline = time.monotonic() + 3
+            while store.stats().mode != "redis":
+                assert time.monotonic() < deadline, "never rejoined"
+                await one()
+                await asyncio.sleep(0.05)
+
+        asyncio.run(one())
+        srv.kill()
+        asyncio.run(one())  # falls back; the probe dies with this loop
+        assert store.stats().mode == "local"
+        srv.restart()
+        asyncio.run(until_shared())  # a new loop: a new probe
+
+        async def after_aclose() -> None:
+            srv.kill()
+            await one()
+            assert store.stats().mode == "local"
+            await store.aclose()
+            srv.restart()
+            await until_shared()
+            await store.aclose()
+
+        asyncio.run(after_aclose())
+        assert store.stats().rejoins == 2
+
+
+async def test_aclose_with_redis_down_stops_everything() -> None:
+    with RedisServer() as srv:
+        store = RedisStore.from_url(srv.url, namespace="closing", probe_max_delay=0.2)
+        admission = await store.admit(ORIGIN, None)
+        await store.report(admission, Signal.SUCCESS, None)
+        srv.kill()
+        await store.aclose()
+        await asyncio.sleep(0.3)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not [t for t in others if "RedisStore" in repr(t.get_coro())]
+        trips = store.stats().round_trips
+        assert "probe" not in trips
+        assert getattr(
+            admission.permit, "released", False
+        )  # returned by aclose: release() is a no-op
+        store.release(admission)
+        await asyncio.sleep(0.05)
+        assert store._link_ is None
+        assert store.stats().round_trips == trips
+
+
+def test_a_paced_origin_stalls_no_other_and_no_new_loop(server: RedisServer) -> None:
+    store = RedisStore.from_url(server.url, namespace=f"paced-{uuid.uuid4().hex[:8]}")
+    other = "http://other.test"
+
+    async def first_loop() -> None:
+        admission = await store.admit(ORIGIN, None)
+        await store.report(admission, Signal.RATE, 0.0)  # paced from now on
+        store.release(admission)
+        store.release(await store.admit(ORIGIN, None))  # learns it: a turn per process
+        turn = store._turns[ORIGIN]
+        await turn.acquire()  # a long turn: every sender to ORIGIN queues behind it
+
+        async def send() -> None:
+            store.release(await store.admit(ORIGIN, None))
+
+        senders = [asyncio.create_task(send()) for _ in range(10)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        store.release(await store.admit(other, time.monotonic() + 0.5))
+        assert time.monotonic() - started < 0.25
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        # the loop ends with the turn still taken
+
+    async def second_loop() -> None:
+        store.release(await store.admit(ORIGIN, time.monotonic() + 1.0))
+        await store.aclose()
+
+    asyncio.run(first_loop())
+    asyncio.run(second_loop())
+
+
+async def test_a_redis_that_answers_ping_but_refuses_scripts_stays_down(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace, probe_max_delay=0.1) as store:
+        store.release(await store.admit(ORIGIN, None))
+        await store.drain()
+        await raw.config_set("maxmemory-policy", "noeviction")
+        await raw.config_set("maxmemory", 1)
+        try:
+            until = time.monotonic() + 0.8
+            while time.monotonic() < until:
+                store.release(await store.admit(ORIGIN, None))
+                await asyncio.sleep(0.01)
+            stats = store.stats()
+        finally:
+            await raw.config_set("maxmemory", 0)
+        assert (stats.fallbacks, stats.rejoins) == (1, 0)
+        await eventually(lambda: store.stats().mode == "redis")
+
+
+async def test_a_redis_that_rejoins_and_fails_again_is_probed_with_backoff(
+    server: RedisServer, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        store.release(await store.admit(ORIGIN, None))
+        await store.drain()
+
+        async def refused(**_: Any) -> Any:
+            raise RedisResponseError("the probe passes, the traffic does not")
+
+        store._link().acquire = refused  # type: ignore[assignment]
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:
+            store.release(await store.admit(ORIGIN, None))
+            await asyncio.sleep(0.01)
+        # backing off 0.05, 0.1, 0.2, 0.4 s (halved by jitter at most): not every 50 ms
+        assert store.stats().rejoins <= 7
