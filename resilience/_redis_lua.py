@@ -12,7 +12,8 @@ namespace ``NS`` (prefix ``resilience:{NS}:``):
 ``budget``   HASH  the retry budget's per-second deposit and withdrawal slots
 ``rate:O``   HASH  the rate gate and pacer of origin ``O``
 
-The rules are those of ``AdaptiveLimiter``, ``RatePacer`` and ``RetryBudget`` in ``_limits.py``.
+The rules are those of ``AdaptiveLimiter`` (``_concurrency.py``), ``RatePacer``
+(``_pacing.py``) and ``RetryBudget`` (``_budget.py``).
 """
 
 from __future__ import annotations

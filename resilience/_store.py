@@ -10,10 +10,12 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from ._budget import RetryBudget
+from ._concurrency import AdaptiveLimiter, ConcurrencyPermit
 from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
-from ._limits import AdaptiveLimiter, ConcurrencyPermit, RatePacer, RetryBudget
+from ._pacing import RatePacer
 
 __all__ = ["Admission", "LocalStore", "RetryBudgetSettings", "Signal", "Store"]
 

@@ -42,10 +42,11 @@ from redis.commands.core import AsyncScript
 from yarl import URL
 
 from . import _redis_lua as lua
+from ._budget import RetryBudget
+from ._concurrency import ConcurrencyPermit
 from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, LIMIT_EVENT, STORE_EVENT, emit, redact_url
-from ._limits import ConcurrencyPermit, RetryBudget
 from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, check_concurrency
 
 __all__ = ["RedisStore", "RedisStoreStats"]

@@ -3,15 +3,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from resilience._limits import (
-    AdaptiveLimiter,
-    ConcurrencyPermit,
-    Cubic,
-    RatePacer,
-    RetryBudget,
-    TokenBucket,
-    WindowRate,
-)
+from resilience._budget import RetryBudget
+from resilience._concurrency import AdaptiveLimiter, ConcurrencyPermit
+from resilience._pacing import Cubic, RatePacer, TokenBucket, WindowRate
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from resilience import ATTEMPT_EVENT, Backoff, ResilienceMiddleware
-from resilience._limits import ConcurrencyPermit
+from resilience._concurrency import ConcurrencyPermit
 from resilience._store import Admission, LocalStore
 from resilience.testing import FATAL_CODES, TRANSIENT_CODES, Emulator, EmulatorStats, Fault
 from tests.soak_workload import MIXED_FAULTS, Result, lost, run

@@ -1,0 +1,74 @@
+"""The retry budget (Finagle's): retries may add only a share of recent traffic."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Final
+
+from ._pacing import Clock
+
+__all__ = ["RetryBudget"]
+
+
+class RetryBudget:
+    """Retries may add at most ``ratio`` of recent requests plus a small reserve.
+
+    Finagle's ``RetryBudget``: every request deposits ``ratio`` of a token for ``ttl`` seconds,
+    every retry of a failure withdraws one, and ``min_per_second * ttl`` tokens are always
+    available. Defaults are Finagle's (20 %, 10 s, 10/s).
+    """
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.2,
+        ttl: float = 10.0,
+        min_per_second: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 0 <= ratio <= 1000:
+            raise ValueError(f"retry budget ratio must be in [0, 1000], got {ratio!r}")
+        if not 1 <= ttl <= 60:
+            raise ValueError(f"retry budget ttl must be in [1, 60] seconds, got {ttl!r}")
+        if min_per_second < 0:
+            raise ValueError(f"retry budget min_per_second must be >= 0, got {min_per_second!r}")
+        self.ratio = ratio
+        self.ttl = ttl
+        self.min_per_second = min_per_second
+        self._clock = clock
+        self._slots: Final = max(1, math.ceil(ttl))
+        self._deposits = [0.0] * self._slots
+        self._withdrawals = [0.0] * self._slots
+        self._second = math.floor(clock())
+
+    def _advance(self) -> int:
+        now = math.floor(self._clock())
+        if now == self._second:
+            return now % self._slots
+        if now - self._second >= self._slots:
+            self._deposits = [0.0] * self._slots
+            self._withdrawals = [0.0] * self._slots
+        else:
+            for second in range(self._second + 1, now + 1):
+                self._deposits[second % self._slots] = 0.0
+                self._withdrawals[second % self._slots] = 0.0
+        self._second = max(self._second, now)
+        return self._second % self._slots
+
+    @property
+    def balance(self) -> float:
+        self._advance()
+        reserve = self.min_per_second * self.ttl
+        return reserve + self.ratio * sum(self._deposits) - sum(self._withdrawals)
+
+    def deposit(self) -> None:
+        """A logical request was made."""
+        self._deposits[self._advance()] += 1.0
+
+    def try_withdraw(self) -> bool:
+        """May a failed attempt be retried? Takes one token if so."""
+        if self.balance < 1.0:
+            return False
+        self._withdrawals[self._second % self._slots] += 1.0
+        return True

@@ -1,0 +1,180 @@
+"""The adaptive concurrency limit: loss-based AIMD on an anyio ``CapacityLimiter``."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+
+from ._events import LIMIT_EVENT, emit
+
+__all__ = ["AdaptiveLimiter", "ConcurrencyPermit"]
+
+
+@dataclass(slots=True, eq=False)
+class ConcurrencyPermit:
+    """One slot of the adaptive limiter, held while a request is on the wire."""
+
+    seq: int  # send order, to count what was in flight before this request
+    epoch: int  # the limiter's cut counter when the slot was taken
+    limit: int  # the limit when the slot was taken (for logs)
+    released: bool = False
+    releases_seen: int = 0  # the limiter's release counter when its 429 was reported
+
+
+class AdaptiveLimiter:
+    """Loss-based AIMD concurrency limit on an anyio ``CapacityLimiter``.
+
+    * Starts at ``initial`` and doubles per round trip while the server accepts (slow start).
+    * A ``429 GENERATION_CONCURRENCY_EXCEEDED`` cuts the limit to the number of our requests
+      that were already in flight when the rejected one was sent (what the server had
+      admitted), at least by one and at most by half; only requests sent after the previous
+      cut may cut again, so a burst of 429s from one round trip cuts once.
+    * After the first cut, successes grow the limit by one per round trip (``1/limit`` each),
+      only while the limit is actually used (in flight * 2 >= limit, as Netflix's AIMDLimit).
+    * Never below ``floor`` (>= 1) nor above ``ceiling`` (None: no ceiling).
+    """
+
+    def __init__(
+        self,
+        *,
+        ceiling: int | None = None,
+        initial: int = 4,
+        floor: int = 1,
+        name: str = "default",
+    ) -> None:
+        if floor < 1:
+            raise ValueError(f"concurrency floor must be >= 1, got {floor!r}")
+        if ceiling is not None and ceiling < floor:
+            raise ValueError(f"max_concurrency must be >= {floor}, got {ceiling!r}")
+        if initial < floor:
+            raise ValueError(f"initial concurrency must be >= {floor}, got {initial!r}")
+        self.ceiling = ceiling
+        self.floor = floor
+        self.name = name
+        start = min(initial, ceiling) if ceiling is not None else initial
+        self._limit = start
+        self._limiter = anyio.CapacityLimiter(start)
+        self._epoch = 0
+        self._seq = 0
+        self._slow_start = True
+        self._growth = 0.0
+        self._in_flight: dict[ConcurrencyPermit, int] = {}
+        self._parked: deque[anyio.Event] = deque()
+        self._releases = 0
+
+    @property
+    def limit(self) -> int:
+        """The current limit."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def waiting(self) -> int:
+        return self._limiter.statistics().tasks_waiting + len(self._parked)
+
+    def try_acquire(self) -> ConcurrencyPermit | None:
+        """A permit if one is free now (no event-loop round trip), else None."""
+        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(permit)
+        except anyio.WouldBlock:
+            return None
+        return self._admitted(permit)
+
+    async def acquire(self) -> ConcurrencyPermit:
+        permit = self.try_acquire()
+        if permit is not None:
+            return permit
+        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
+        await self._limiter.acquire_on_behalf_of(permit)
+        return self._admitted(permit)
+
+    def _admitted(self, permit: ConcurrencyPermit) -> ConcurrencyPermit:
+        self._seq += 1
+        permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
+        self._in_flight[permit] = permit.seq
+        return permit
+
+    def release(self, permit: ConcurrencyPermit) -> None:
+        """Give the slot back; idempotent, safe from sync callbacks and ``finally`` blocks."""
+        if permit.released:
+            return
+        permit.released = True
+        self._releases += 1
+        self._in_flight.pop(permit, None)
+        self._limiter.release_on_behalf_of(permit)
+        if self._parked:
+            self._parked.popleft().set()
+
+    async def wait_for_release(
+        self, timeout: float, since: ConcurrencyPermit | None = None
+    ) -> None:
+        """Park until some request of ours completes (or ``timeout`` passes).
+
+        A request turned away by the plan limit resends when a slot frees, not on a timer; the
+        timeout only covers the case where none of ours is in flight (another client holds
+        the plan's slots). With ``since`` (the rejected request's own permit), a completion
+        between its 429 being reported and the park counts: no wake-up is missed.
+        """
+        # Our own release is one of them: any other means a slot freed since we were sent.
+        if since is not None and self._releases - since.releases_seen > 1:
+            return
+        event = anyio.Event()
+        self._parked.append(event)
+        try:
+            with anyio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+        finally:
+            if not event.is_set():
+                self._parked.remove(event)
+
+    def on_success(self, permit: ConcurrencyPermit) -> None:
+        if self.ceiling is not None and self._limit >= self.ceiling:
+            return
+        if len(self._in_flight) * 2 < self._limit:
+            return  # not using what we have: no evidence the server takes more
+        if self._slow_start:
+            self._set_limit(self._limit + 1, "slow_start")
+            return
+        self._growth += 1.0 / self._limit
+        if self._growth >= 1.0:
+            self._growth = 0.0
+            self._set_limit(self._limit + 1, "grow")
+
+    def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
+        # Completions from now on may wake it (see wait_for_release); earlier ones freed slots
+        # that others have taken since.
+        permit.releases_seen = self._releases
+        if permit.epoch != self._epoch:
+            return  # sent before the last cut: that cut already accounted for it
+        # A snapshot: a connection callback may release a permit while we count.
+        older = sum(1 for seq in list(self._in_flight.values()) if seq < permit.seq)
+        self._slow_start = False
+        self._growth = 0.0
+        self._epoch += 1
+        # At most halve per round trip: the oldest request may reach the server last, and
+        # "older" then undercounts what the server admitted.
+        self._set_limit(min(self._limit - 1, max(older, self._limit // 2)), "cut")
+
+    def _set_limit(self, value: int, why: str) -> None:
+        value = max(self.floor, value)
+        if self.ceiling is not None:
+            value = min(self.ceiling, value)
+        if value == self._limit:
+            return
+        old, self._limit = self._limit, value
+        self._limiter.total_tokens = value
+        # Cuts matter to an operator; growth happens every round trip and stays at DEBUG.
+        emit(
+            LIMIT_EVENT,
+            "info" if value < old else "debug",
+            limiter=self.name,
+            old=old,
+            new=value,
+            why=why,
+        )
