@@ -77,15 +77,17 @@ def probability(text: str) -> float:
     return value
 
 
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    """An argument type for an integer in ``[low, high]``."""
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argument type for an integer in ``[low, high]`` (``high`` None: no upper bound)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
         return value
 

@@ -29,16 +29,16 @@ from ._cli import (
     add_backoff_arguments,
     backoff_from,
     bounded_int,
-    non_negative_float,
     optional,
     positive_float,
-    probability,
     require_rich,
 )
 from ._logreader import LogSummary, summarize
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
 from .testing import Emulator, EmulatorConfig, EmulatorStats
+from .testing._settings import add_arguments as emulator_arguments
+from .testing._settings import config_from_args as emulator_from_args
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -378,54 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     faults = parser.add_argument_group("fault mix (the emulator)")
-    faults.add_argument(
-        "--plan-concurrency",
-        metavar="N",
-        type=optional(bounded_int(1, 10_000)),
-        default=e.plan_concurrency,
-        help=f"generations in flight before 429 GENERATION_CONCURRENCY_EXCEEDED, or 'none' "
-        f"(default {e.plan_concurrency})",
-    )
-    faults.add_argument(
-        "--rate-limit",
-        metavar="R",
-        type=optional(positive_float),
-        default=e.rate_limit,
-        help=f"requests per second before 429 RATE_LIMITED, or 'none' (default {e.rate_limit:g})",
-    )
-    faults.add_argument(
-        "--rate-burst",
-        metavar="N",
-        type=bounded_int(1, 100_000),
-        default=e.rate_burst,
-        help=f"token bucket size of the rate limit (default {e.rate_burst})",
-    )
-    faults.add_argument(
-        "--generation-time",
-        metavar="S",
-        type=non_negative_float,
-        default=e.generation_time,
-        help=f"seconds per generation (default {e.generation_time:g})",
-    )
-    for name, value, what in (
-        ("transient-rate", e.transient_rate, "retryable error (5xx codes)"),
-        ("fatal-rate", e.fatal_rate, "non-retryable error (402, 422...)"),
-        ("reset-rate", e.reset_rate, "connection reset"),
-    ):
-        faults.add_argument(
-            f"--{name}",
-            metavar="P",
-            type=probability,
-            default=value,
-            help=f"probability of a {what} per request (default {value:g})",
-        )
-    faults.add_argument(
-        "--seed",
-        metavar="N",
-        type=optional(int),
-        default=e.seed,
-        help=f"seed of the emulator's faults, or 'none' (default {e.seed})",
-    )
+    # ready_after only matters to the jobs endpoint, which the demo does not use.
+    emulator_arguments(faults, e, skip=("ready_after",))
 
     mw = parser.add_argument_group("middleware")
     mw.add_argument(
@@ -447,19 +401,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> DemoSettings:
     """The settings of parsed options; raises ValueError/TypeError when they do not combine."""
-    emulator = EmulatorConfig(
-        plan_concurrency=args.plan_concurrency,
-        rate_limit=args.rate_limit,
-        rate_burst=args.rate_burst,
-        generation_time=args.generation_time,
-        transient_rate=args.transient_rate,
-        fatal_rate=args.fatal_rate,
-        reset_rate=args.reset_rate,
-        seed=args.seed,
-    )
     return DemoSettings(
         jobs=args.jobs,
-        emulator=emulator,
+        emulator=emulator_from_args(args, DEFAULT_EMULATOR),
         max_attempts=args.max_attempts,
         max_elapsed=args.max_elapsed,
         backoff=backoff_from(args),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from resilience.testing import (
     EmulatorProcess,
     Fault,
 )
+from resilience.testing import __main__ as emulator_main
+from resilience.testing._settings import config_argv, config_from_args
 
 pytestmark = pytest.mark.anyio
 
@@ -711,17 +714,46 @@ async def test_emulator_process_async_context(session: aiohttp.ClientSession) ->
         os.kill(pid, 0)
 
 
-def test_cli_rejects_bad_settings() -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--transient-rate", "2"], b"argument --transient-rate: must be a probability"),
+        (["--transient-rate", "0.7", "--fatal-rate", "0.7"], b"transient_rate + fatal_rate"),
+        (["--port", "70000"], b"argument --port: must be in [0, 65535]"),
+    ],
+)
+def test_cli_rejects_bad_settings(argv: list[str], message: bytes) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "resilience.testing", "--transient-rate", "2"],
+        [sys.executable, "-m", "resilience.testing", *argv],
         capture_output=True,
         env=env,
         timeout=20,
         check=False,
     )
     assert done.returncode == 2
-    assert b"transient_rate" in done.stderr
+    assert message in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+def test_every_setting_round_trips_through_the_command_line() -> None:
+    # EmulatorProcess passes its settings as options: each field needs one, parsed back exactly.
+    config = EmulatorConfig(
+        plan_concurrency=3,
+        rate_limit=12.5,
+        rate_burst=4,
+        generation_time=0.125,
+        transient_rate=0.25,
+        fatal_rate=0.125,
+        reset_rate=0.0625,
+        ready_after=1.5,
+        seed=None,
+    )
+    d = EmulatorConfig()
+    unchanged = [f.name for f in fields(d) if getattr(config, f.name) == getattr(d, f.name)]
+    assert unchanged == [], "give every field a non-default value in this test"
+    args = emulator_main._parser().parse_args(config_argv(config))
+    assert config_from_args(args, EmulatorConfig()) == config
 
 
 def test_cli_stops_after_duration() -> None:
