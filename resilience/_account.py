@@ -1,0 +1,174 @@
+"""Account-level stop answers: one 401 ``AUTH_*`` or 402 ``BILLING_INSUFFICIENT_CREDITS`` speaks
+for every request made with the same credentials, so the following ones are not sent.
+
+Pure: time passed in. Credentials are reduced to a keyed BLAKE2b digest (a key made for this
+process) as soon as they are read; neither they nor the digest are ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from yarl import URL
+
+from ._events import _is_secret_param
+
+__all__ = ["DEFAULT_STOP_CODES", "AccountStop", "AccountStops", "Stopped", "credentials_key"]
+
+DEFAULT_STOP_CODES: Final = frozenset(
+    {
+        "AUTH_INVALID_SESSION",
+        "AUTH_REQUIRED",
+        "AUTH_SESSION_EXPIRED",
+        "AUTH_USER_UNAVAILABLE",
+        "BILLING_INSUFFICIENT_CREDITS",
+    }
+)
+"""The table's 401 ``AUTH_*`` codes and the 402: they describe the credentials, not a request.
+(403 ``AUTH_ADMIN_*`` are about one endpoint, so they are not here.)"""
+
+MAX_STOPPED: Final = 4096
+"""Stopped credential sets remembered at once; the oldest is forgotten first (it is rechecked)."""
+
+_PROCESS_KEY: Final = os.urandom(32)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStop:
+    """Settings of the account-level stop. Pass ``account_stop=None`` to send every request.
+
+    Args:
+        recheck_interval: seconds after a stop answer before one request with the same
+            credentials is let through to see whether they (or the credits) are back.
+        codes: the error codes that stop the account.
+        credential_headers: request headers whose values identify the credentials (with the
+            URL's userinfo and secret-looking query parameters). Case-insensitive.
+    """
+
+    recheck_interval: float = 10.0
+    codes: frozenset[str] = DEFAULT_STOP_CODES
+    credential_headers: tuple[str, ...] = field(
+        default=("Authorization", "X-API-Key", "Api-Key", "Cookie")
+    )
+
+    def __post_init__(self) -> None:
+        interval = self.recheck_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"AccountStop.recheck_interval must be a number, got {interval!r}")
+        if not 0 < interval < math.inf:
+            raise ValueError(
+                f"AccountStop.recheck_interval must be > 0 and finite, got {interval!r}"
+            )
+        if isinstance(self.codes, str) or not all(isinstance(c, str) and c for c in self.codes):
+            raise TypeError("AccountStop.codes must be a set of non-empty code strings")
+        object.__setattr__(self, "codes", frozenset(self.codes))
+        headers = self.credential_headers
+        if isinstance(headers, str) or not all(isinstance(h, str) and h for h in headers):
+            raise TypeError("AccountStop.credential_headers must be a tuple of header names")
+        object.__setattr__(self, "credential_headers", tuple(headers))
+
+
+def credentials_key(
+    origin: str, headers: Mapping[str, str], url: URL, names: Iterable[str]
+) -> bytes:
+    """A keyed digest of the origin and every credential the request carries."""
+    digest = hashlib.blake2b(key=_PROCESS_KEY, digest_size=16)
+    digest.update(origin.encode())
+    for name in names:
+        value = headers.get(name)
+        if value is not None:
+            digest.update(b"\0h" + name.lower().encode() + b"\0" + value.encode("utf-8", "replace"))
+    if url.user is not None or url.password is not None:
+        digest.update(
+            b"\0u" + (url.raw_user or "").encode() + b":" + (url.raw_password or "").encode()
+        )
+    for name, value in url.query.items():
+        if _is_secret_param(name):
+            digest.update(b"\0q" + name.encode() + b"\0" + value.encode())
+    return digest.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Why a request is not sent: the stop answer that came for its credentials."""
+
+    status: int
+    code: str
+    detail: str | None
+    since: float  # when the stop answer came (monotonic seconds)
+    recheck_at: float  # when one request will be let through to recheck
+
+
+@dataclass(slots=True)
+class _Entry:
+    stop: Stopped
+    recheck_since: float | None = None  # a recheck request in flight since then
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    """Send the request; ``recheck``: it is the one request checking a stopped account."""
+
+    recheck: bool
+
+
+_SEND: Final = Go(recheck=False)
+
+
+class AccountStops:
+    """Which credential sets are stopped, and the one recheck each is allowed."""
+
+    __slots__ = ("_entries", "settings")
+
+    def __init__(self, settings: AccountStop) -> None:
+        self.settings = settings
+        self._entries: dict[bytes, _Entry] = {}
+
+    def check(self, key: bytes, now: float) -> Go | Stopped:
+        entry = self._entries.get(key)
+        if entry is None:
+            return _SEND
+        if now < entry.stop.recheck_at:
+            return entry.stop
+        since = entry.recheck_since
+        # A recheck whose answer never came (its task died) frees the slot after an interval.
+        if since is None or now >= since + self.settings.recheck_interval:
+            entry.recheck_since = now
+            return Go(recheck=True)
+        return entry.stop
+
+    def record(
+        self,
+        key: bytes,
+        go: Go,
+        now: float,
+        *,
+        status: int | None,
+        code: str | None,
+        detail: str | None,
+    ) -> None:
+        """An answer came for a request sent with these credentials."""
+        if code is not None and code in self.settings.codes and status is not None:
+            self._entries.pop(key, None)  # re-inserted last: the oldest is evicted first
+            stop = Stopped(status, code, detail, now, now + self.settings.recheck_interval)
+            self._entries[key] = _Entry(stop)
+            if len(self._entries) > MAX_STOPPED:
+                del self._entries[next(iter(self._entries))]
+        elif go.recheck:
+            # Only an answer to a request sent after the stop proves the account is back: one
+            # that was already in flight may have been admitted before the credits ran out.
+            self._entries.pop(key, None)
+
+    def abandon(self, key: bytes, go: Go) -> None:
+        """The recheck ended without an answer (cancelled, transport error): free its slot."""
+        entry = self._entries.get(key)
+        if go.recheck and entry is not None:
+            entry.recheck_since = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
