@@ -11,7 +11,7 @@ import aiohttp
 
 from ._events import redact_url
 
-__all__ = ["ApiError", "DeadlineExceeded"]
+__all__ = ["AccountStopped", "ApiError", "CircuitOpen", "DeadlineExceeded"]
 
 
 class ApiError(aiohttp.ClientResponseError):
@@ -77,3 +77,59 @@ class DeadlineExceeded(aiohttp.ClientError, _TimeoutBase):
     attempts: int = 0
     last_status: int | None = None
     last_code: str | None = None
+
+
+class CircuitOpen(aiohttp.ClientError):
+    """The origin's circuit breaker is open (an outage) and stays open past this request's
+    ``max_elapsed``: it failed at once, unsent.
+
+    ``origin`` is the origin; ``retry_in`` the seconds until the breaker lets a probe through;
+    ``last_code`` the last outage failure's code (or transport error class).
+    """
+
+    request_id: str | None = None
+    attempts: int = 0
+
+    def __init__(self, *, origin: str, retry_in: float, last_code: str | None) -> None:
+        self.origin = origin
+        self.retry_in = retry_in
+        self.last_code = last_code
+        super().__init__(
+            f"circuit open for {origin} after outage failures (last: {last_code or 'unknown'}); "
+            f"it probes again in {retry_in:.1f} s"
+        )
+
+
+class AccountStopped(ApiError):
+    """Not sent: an earlier request with the same credentials to this origin was answered by an
+    account-level stop (401 ``AUTH_*`` or 402 ``BILLING_INSUFFICIENT_CREDITS``), and the
+    recheck interval has not passed. Carries that answer's status and code, like the
+    :class:`ApiError` it is; ``recheck_in`` says when one request will be let through.
+    """
+
+    def __init__(
+        self,
+        request_info: aiohttp.RequestInfo,
+        *,
+        status: int,
+        code: str,
+        detail: str | None,
+        request_id: str,
+        age: float,
+        recheck_in: float,
+    ) -> None:
+        self.recheck_in = recheck_in
+        reason = (
+            f"not sent: a request with the same credentials was answered {status} {code} "
+            f"{age:.1f} s ago; one request will recheck in {recheck_in:.1f} s"
+        )
+        super().__init__(
+            request_info,
+            (),
+            status=status,
+            code=code,
+            detail=f"{detail} ({reason})" if detail else reason,
+            retryable=False,
+            request_id=request_id,
+            attempts=0,
+        )

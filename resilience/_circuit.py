@@ -1,0 +1,245 @@
+"""The breaker enforced: requests wait here, unsent and holding no permit, while an origin's
+breaker is open; they go out one probe at a time, then gradually (slow start).
+
+The rule is ``_breaker``'s; where its state lives is a :class:`BreakerRule` (this process, or
+Redis for a fleet). Waiting requests queue per origin and are woken in order, as many as may
+go, so 2,000 held requests cost one wake-up each, not one per state change each.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import anyio
+
+from ._breaker import Admit, Breaker, BreakerState, CircuitBreaker, Pass, Ramp, Refuse, Tally
+from ._errors import CircuitOpen, DeadlineExceeded
+from ._events import emit
+from ._pacing import Clock
+
+__all__ = ["CIRCUIT_EVENT", "BreakerRule", "Circuit", "CircuitTicket", "LocalBreakers"]
+
+CIRCUIT_EVENT: Final = "resilience.circuit"
+"""The ``event`` value of the line logged when an origin's breaker changes state."""
+
+
+class BreakerRule(Protocol):
+    """Where the breakers' state lives. Times are this process's ``time.monotonic()``."""
+
+    @property
+    def poll(self) -> float | None:
+        """How often the first held request asks again by itself (None: state changes only
+        here, and every change wakes the waiters)."""
+        ...
+
+    async def admit(self, origin: str, deadline: float | None) -> Admit: ...
+
+    async def record(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool:
+        """Feed one attempt's end in; True when the state changed."""
+        ...
+
+    def abandon(self, origin: str, ticket: Pass) -> bool:
+        """The attempt ended unanswered; synchronous (it runs from ``release``)."""
+        ...
+
+    def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
+        """(state, when it probes, the last failure's code) as last seen here."""
+        ...
+
+
+class LocalBreakers:
+    """Breakers in this process, one per origin."""
+
+    poll: Final[float | None] = None
+
+    def __init__(self, settings: CircuitBreaker, clock: Clock = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._breakers: dict[str, Breaker] = {}
+
+    def breaker(self, origin: str) -> Breaker:
+        breaker = self._breakers.get(origin)
+        if breaker is None:
+            breaker = self._breakers[origin] = Breaker(self.settings)
+        return breaker
+
+    async def admit(self, origin: str, deadline: float | None) -> Admit:
+        return self.breaker(origin).admit(self._clock(), deadline)
+
+    async def record(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool:
+        return self.breaker(origin).record(ticket, tally, self._clock(), code)
+
+    def abandon(self, origin: str, ticket: Pass) -> bool:
+        return self.breaker(origin).abandon(ticket)
+
+    def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
+        breaker = self.breaker(origin)
+        return breaker.state, breaker.probe_at, breaker.last_code
+
+
+@dataclass(slots=True, eq=False)
+class CircuitTicket:
+    """One attempt the breaker let through; ended exactly once (``report`` or ``abandon``)."""
+
+    origin: str
+    decision: Pass
+    held: float  # seconds it waited unsent at the breaker (0.0: not held)
+    ended: bool = False
+
+
+@dataclass(slots=True)
+class _Origin:
+    ramp: Ramp = field(default_factory=Ramp)
+    waiters: deque[anyio.Event] = field(default_factory=deque)
+    seen_open: bool = False  # held or refused since the last close: ramp at the next close
+    state: BreakerState = BreakerState.CLOSED
+
+
+class Circuit:
+    """Per-origin breakers in front of the limits: hold, refuse, probe, ramp."""
+
+    def __init__(self, rule: BreakerRule, clock: Clock = time.monotonic) -> None:
+        self.rule = rule
+        self._clock = clock
+        self._origins: dict[str, _Origin] = {}
+
+    def _origin(self, origin: str) -> _Origin:
+        state = self._origins.get(origin)
+        if state is None:
+            state = self._origins[origin] = _Origin()
+        return state
+
+    async def enter(self, origin: str, deadline: float | None) -> CircuitTicket:
+        """Wait until ``origin``'s breaker lets this attempt go.
+
+        Raises :class:`CircuitOpen` at once when the breaker stays open past ``deadline`` (or
+        when the deadline passes while held), :class:`DeadlineExceeded` when the slow start
+        after a recovery has no room for it before the deadline.
+        """
+        here = self._origin(origin)
+        began = self._clock()
+        waits = 0
+        while True:
+            decision = await self.rule.admit(origin, deadline)
+            if isinstance(decision, Pass):
+                if not decision.probe and here.seen_open:
+                    here.seen_open = False
+                    here.ramp.start()
+                    self._note(origin, here)
+                if decision.probe or here.ramp.may_send():
+                    here.ramp.sent()
+                    held = self._clock() - began
+                    if held > 0 and here.waiters:
+                        self._wake(here, 1)  # pass the turn on: the next may fit too
+                    return CircuitTicket(origin, decision, held)
+                until = math.inf  # ramping: a slot frees when one of ours ends
+            elif isinstance(decision, Refuse):
+                here.seen_open = True
+                self._note(origin, here)
+                raise self._open_error(origin, decision.probe_at, decision.last_code)
+            else:
+                here.seen_open = True
+                self._note(origin, here)
+                until = decision.until
+            await self._wait(
+                origin, here, until, deadline, ramping=isinstance(decision, Pass), front=waits > 0
+            )
+            waits += 1
+
+    async def _wait(
+        self,
+        origin: str,
+        here: _Origin,
+        until: float,
+        deadline: float | None,
+        *,
+        ramping: bool,
+        front: bool,
+    ) -> None:
+        now = self._clock()
+        if deadline is not None and now >= deadline:
+            if ramping:
+                raise DeadlineExceeded(
+                    "no room in the slow start after an outage before max_elapsed"
+                )
+            _, probe_at, last_code = self.rule.state(origin)
+            raise self._open_error(origin, probe_at, last_code)
+        end = min(until, deadline if deadline is not None else math.inf)
+        poll = self.rule.poll
+        if poll is not None and not here.waiters:
+            end = min(end, now + poll)  # the first in line watches the shared state
+        event = anyio.Event()
+        if front:
+            here.waiters.appendleft(event)  # woken before and still no room: keep its place
+        else:
+            here.waiters.append(event)
+        try:
+            with anyio.move_on_after(max(0.0, end - now) if math.isfinite(end) else math.inf):
+                await event.wait()
+        except BaseException:
+            if event.is_set():
+                self._wake(here, 1)  # woken, then cancelled: the turn goes to the next
+            raise
+        finally:
+            if not event.is_set():
+                here.waiters.remove(event)
+
+    async def report(self, ticket: CircuitTicket, tally: Tally, code: str | None) -> None:
+        if ticket.ended:
+            return
+        ticket.ended = True
+        here = self._origin(ticket.origin)
+        grew = here.ramp.ended(tally)
+        changed = await self.rule.record(ticket.origin, ticket.decision, tally, code)
+        self._after(ticket.origin, here, changed=changed, grew=grew)
+
+    def abandon(self, ticket: CircuitTicket) -> None:
+        """The attempt ended without an answer worth counting; idempotent, synchronous."""
+        if ticket.ended:
+            return
+        ticket.ended = True
+        here = self._origin(ticket.origin)
+        grew = here.ramp.ended(None)
+        changed = self.rule.abandon(ticket.origin, ticket.decision)
+        self._after(ticket.origin, here, changed=changed, grew=grew)
+
+    def _after(self, origin: str, here: _Origin, *, changed: bool, grew: bool) -> None:
+        if changed:
+            self._note(origin, here)
+            # Opened: every held request looks again (those that cannot outlast the new break
+            # fail now). Closed or a probe slot freed: the first in line goes.
+            if here.state is BreakerState.OPEN:
+                self._wake(here, len(here.waiters))
+            else:
+                self._wake(here, 1)
+        elif grew:
+            self._wake(here, 1 if here.ramp.cap is not None else len(here.waiters))
+
+    def _wake(self, here: _Origin, n: int) -> None:
+        for _ in range(min(n, len(here.waiters))):
+            here.waiters.popleft().set()
+
+    def _note(self, origin: str, here: _Origin) -> None:
+        state, probe_at, last_code = self.rule.state(origin)
+        if state is here.state:
+            return
+        here.state = state
+        emit(
+            CIRCUIT_EVENT,
+            "warning" if state is BreakerState.OPEN else "info",
+            origin=origin,
+            state=state.value,
+            probe_in=round(max(0.0, probe_at - self._clock()), 3)
+            if state is BreakerState.OPEN
+            else None,
+            last_code=last_code,
+        )
+
+    def _open_error(self, origin: str, probe_at: float, last_code: str | None) -> CircuitOpen:
+        return CircuitOpen(
+            origin=origin, retry_in=max(0.0, probe_at - self._clock()), last_code=last_code
+        )
