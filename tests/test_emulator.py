@@ -641,6 +641,7 @@ async def test_control_endpoints(session: aiohttp.ClientSession) -> None:
             "max_in_flight": 1,
             "in_flight": 0,
             "duplicates": 0,
+            "outage_answers": 0,
         }
         status, _, body = await call(
             session, "POST", emu.url / "_emulator/configure", json={"plan_concurrency": 4}
@@ -748,6 +749,8 @@ def test_every_setting_round_trips_through_the_command_line() -> None:
         reset_rate=0.0625,
         ready_after=1.5,
         seed=None,
+        outage_for=2.5,
+        outage_code="reset",
     )
     d = EmulatorConfig()
     unchanged = [f.name for f in fields(d) if getattr(config, f.name) == getattr(d, f.name)]

@@ -37,6 +37,7 @@ from resilience.testing._faults import (
     seconds_header,
     serve,
 )
+from resilience.testing._outage import OUTAGE_RESET, Outage
 from resilience.testing._settings import (
     FATAL_CODES,
     MAX_DELAY,
@@ -86,6 +87,7 @@ class Emulator:
         self._jobs: dict[str, float] = {}
         self._st = Counters()
         self._received: deque[Received] = deque(maxlen=RECEIVED_LOG_SIZE)
+        self._outage = Outage()
 
     # ----------------------------------------------------------------- public API
 
@@ -111,8 +113,28 @@ class Emulator:
         if "rate_limit" in changes or "rate_burst" in changes:
             self._tokens = float(new.rate_burst)
             self._stamp = time.monotonic()
+        if "outage_for" in changes:
+            self._outage.set(new.outage_for, new.outage_code, time.monotonic())
+        elif "outage_code" in changes:
+            self._outage.code = new.outage_code
         self._config = new
         return new
+
+    def start_outage(
+        self, duration: float = math.inf, code: str = "DISPATCH_TIMEOUT"
+    ) -> EmulatorConfig:
+        """From now on, for ``duration`` seconds (default: until :meth:`end_outage`), answer
+        every ``/v1/*`` request with ``code`` (a transient code of the table, or ``"reset"``)."""
+        return self.configure(outage_for=duration, outage_code=code)
+
+    def end_outage(self) -> EmulatorConfig:
+        """End the outage now (recovery)."""
+        return self.configure(outage_for=None)
+
+    @property
+    def outage_remaining(self) -> float | None:
+        """Seconds the outage still lasts (``inf``: until ended), None when there is none."""
+        return self._outage.remaining(time.monotonic())
 
     def inject(self, fault: Fault, times: int = 1, path: str | None = None) -> None:
         """Answer the next ``times`` requests to ``path`` (exact, e.g. ``"/v1/generate"``; None:
@@ -144,6 +166,7 @@ class Emulator:
             max_in_flight=st.max_in_flight,
             in_flight=st.in_flight,
             duplicates=st.duplicates,
+            outage_answers=st.outage_answers,
             request_ids=list(st.request_ids),
         )
 
@@ -169,6 +192,8 @@ class Emulator:
             shutdown_timeout=_SHUTDOWN_TIMEOUT,
         )
         await runner.setup()
+        config = self._config
+        self._outage.set(config.outage_for, config.outage_code, time.monotonic())
         try:
             await web.TCPSite(runner, HOST, self._port).start()
             port = int(runner.addresses[0][1])
@@ -256,7 +281,11 @@ class Emulator:
         return resp
 
     async def _gate(self, request: web.Request, path: str, rid: str) -> web.StreamResponse | None:
-        """Injected faults, then the rate limit, then random faults; None lets the request in."""
+        """The outage, injected faults, the rate limit, random faults; None lets the request in."""
+        outage = self._outage.answer(time.monotonic())
+        if outage is not None:
+            self._st.outage_answers += 1
+            return self._abort(request) if outage == OUTAGE_RESET else self._error(outage)
         if self._pending:
             fault = self._take(path)
             if fault is not None:

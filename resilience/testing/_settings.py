@@ -17,6 +17,7 @@ from resilience._cli import (
     positive_float,
     probability,
 )
+from resilience.testing._outage import check_outage, outage_code, outage_seconds
 
 __all__ = [
     "FATAL_CODES",
@@ -92,6 +93,12 @@ class EmulatorConfig:
     """Seconds after ``POST /v1/jobs`` before ``GET /v1/jobs/{id}`` stops answering 425."""
     seed: int | None = 0
     """Seed of the random faults (``None``: unpredictable)."""
+    outage_for: float | None = None
+    """Seconds of full outage from when this is set (``math.inf``: until set to ``None``): every
+    ``/v1/*`` request is answered ``outage_code``, before any other fault. ``None``: no outage."""
+    outage_code: str = "DISPATCH_TIMEOUT"
+    """What the outage answers: a transient code of the table, or ``"reset"`` (connection
+    resets)."""
 
     def __post_init__(self) -> None:
         pc = self.plan_concurrency
@@ -122,6 +129,9 @@ class EmulatorConfig:
             )
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed must be None or an int, got {self.seed!r}")
+        check_outage(self.outage_for, self.outage_code)
+        if self.outage_for is not None:
+            object.__setattr__(self, "outage_for", float(self.outage_for))
 
 
 # --------------------------------------------------------------------------- command line
@@ -173,6 +183,17 @@ _OPTIONS: Final[dict[str, _Option]] = {
         "seconds after POST /v1/jobs until the job stops answering 425 (default {default})",
     ),
     "seed": _Option("N", optional(int), "seed of the random faults, or 'none' (default {default})"),
+    "outage_for": _Option(
+        "S",
+        outage_seconds,
+        "start in a full outage lasting S seconds, or 'forever' (until configured off), or "
+        "'none' (default {default})",
+    ),
+    "outage_code": _Option(
+        "CODE",
+        outage_code,
+        "what the outage answers: a transient code of the table, or 'reset' (default {default})",
+    ),
 }
 """One command-line option per :class:`EmulatorConfig` field, named ``--field-name``."""
 
@@ -222,5 +243,6 @@ def config_argv(config: EmulatorConfig) -> list[str]:
     argv: list[str] = []
     for f in fields(config):
         value = getattr(config, f.name)
-        argv += [_flag(f.name), "none" if value is None else repr(value)]
+        text = "none" if value is None else value if isinstance(value, str) else repr(value)
+        argv += [_flag(f.name), text]
     return argv

@@ -39,6 +39,7 @@ class EmulatorStats:
     in_flight: int
     duplicates: int
     request_ids: list[str]
+    outage_answers: int = 0  # requests answered by the outage mode
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of everything but ``request_ids``."""
@@ -52,6 +53,7 @@ class EmulatorStats:
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
             "duplicates": self.duplicates,
+            "outage_answers": self.outage_answers,
         }
 
 
@@ -67,6 +69,7 @@ class Counters:
         "idem",
         "in_flight",
         "max_in_flight",
+        "outage_answers",
         "request_ids",
         "requests",
     )
@@ -82,3 +85,4 @@ class Counters:
         self.max_in_flight = in_flight
         self.duplicates = 0
         self.request_ids: list[str] = []
+        self.outage_answers = 0
