@@ -1,0 +1,154 @@
+"""The documentation is tested like the code.
+
+- Every ``python`` block of README.md and docs/ runs, in page order, against the emulator on
+  127.0.0.1: a page's blocks share one namespace and one event loop, top-level ``await`` works,
+  and ``API_URL`` holds the emulator's URL (the pages say so where they use it). A block that
+  cannot run here is preceded by ``<!-- skip: next "why" -->`` (sybil's skip directive).
+- Every test a page cites as proof of a guarantee exists.
+- The site builds strictly: every Sphinx warning (broken link, missing reference, bad
+  docstring markup) fails the build.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import inspect
+import re
+import subprocess
+import sys
+import unittest
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sybil import Example, Sybil
+from sybil.parsers.markdown import CodeBlockParser, SkipParser
+
+from resilience.testing import Emulator
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(
+    [ROOT / "README.md", *(p for p in DOCS.rglob("*.md") if "_build" not in p.parts)],
+    key=lambda p: (p != ROOT / "README.md", p),
+)
+BLOCK_TIMEOUT = 30.0  # seconds one block may run; the pages' examples take well under one
+HOW_TO_FIX = (
+    "A Python block in the docs must run as written: send requests to API_URL (the emulator's "
+    'URL in the tests), or mark the block with <!-- skip: next "why it cannot run" -->.'
+)
+
+
+class _Page:
+    """Runs one page's blocks in order on one event loop, the emulator serving on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def __call__(self, example: Example) -> None:
+        code = compile(
+            example.parsed,
+            str(example.path),
+            "exec",
+            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+            dont_inherit=True,
+        )
+        result = eval(code, example.namespace)  # a coroutine when the block awaits
+        if inspect.iscoroutine(result):
+            self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT))
+
+
+@contextlib.contextmanager
+def page_runner(*, redis: bool = False) -> Iterator[tuple[Sybil, dict[str, object]]]:
+    """A sybil for one page, and the names its blocks may use: ``API_URL`` (the emulator's)
+    and, with ``redis``, ``REDIS_URL`` (a ``redis-server`` of its own on 127.0.0.1)."""
+    loop = asyncio.new_event_loop()
+    emulator = Emulator()
+    with contextlib.ExitStack() as stack:
+        loop.run_until_complete(emulator.__aenter__())
+        stack.callback(loop.close)
+        stack.callback(loop.run_until_complete, emulator.__aexit__(None, None, None))
+        names: dict[str, object] = {"API_URL": str(emulator.url).rstrip("/")}
+        if redis:
+            names["REDIS_URL"] = stack.enter_context(RedisServer()).url
+        run = _Page(loop)
+        sybil = Sybil(parsers=[CodeBlockParser(language="python", evaluator=run), SkipParser()])
+        yield sybil, names
+
+
+def page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_python_block_of_the_page_runs(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # blocks that write files (logs) write them here
+    with page_runner(redis="REDIS_URL" in page.read_text(encoding="utf-8")) as (sybil, names):
+        document = sybil.parse(page)
+        document.namespace.update(names)
+        for example in document:
+            try:
+                example.evaluate()
+            except unittest.SkipTest:
+                continue  # the page says why; the skipped block is still parsed above
+            except Exception as exc:
+                raise AssertionError(
+                    f"{page_id(page)}, block at line {example.line}: {exc!r}\n{HOW_TO_FIX}"
+                ) from exc
+
+
+def test_the_pages_have_python_blocks_to_run() -> None:
+    """The runner above finds the blocks (a wrong fence info string would hide them all)."""
+    with page_runner() as (sybil, _):
+        found = sum(1 for page in PAGES for _ in sybil.parse(page))
+    assert found >= 10
+
+
+_CITED_TEST = re.compile(r"`(test_[a-z0-9_]+\*?)`")
+
+
+def _test_names() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names.update(
+            node.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        )
+    return names
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    names = _test_names()
+    missing = []
+    for page in PAGES:
+        for cited in _CITED_TEST.findall(page.read_text(encoding="utf-8")):
+            stem = cited.rstrip("*")
+            found = any(n.startswith(stem) for n in names) if cited.endswith("*") else stem in names
+            if not found:
+                missing.append(f"{page_id(page)}: {cited}")
+    assert not missing, "cited tests that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    """``-W``: any warning fails; ``-n``: every cross-reference must resolve; ``-E``: fresh."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html"),
+            *("-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "html" / "index.html").is_file()
+    assert (tmp_path / "html" / "reference" / "api.html").is_file()
