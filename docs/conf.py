@@ -35,6 +35,7 @@ myst_enable_extensions = ["deflist"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
+autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = True
 autodoc_default_options = {"members": True, "show-inheritance": False}
 

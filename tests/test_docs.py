@@ -5,6 +5,7 @@
   and ``API_URL`` holds the emulator's URL (the pages say so where they use it). A block that
   cannot run here is preceded by ``<!-- skip: next "why" -->`` (sybil's skip directive).
 - Every test a page cites as proof of a guarantee exists.
+- Every public name (each public module's ``__all__``) is in the API reference.
 - The site builds strictly: every Sphinx warning (broken link, missing reference, bad
   docstring markup) fails the build.
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import importlib
 import inspect
+import pkgutil
 import re
 import subprocess
 import sys
@@ -26,6 +29,7 @@ import pytest
 from sybil import Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
+import resilience
 from resilience.testing import Emulator
 from tests.redis_server import RedisServer
 
@@ -134,6 +138,51 @@ def test_every_test_the_docs_cite_exists() -> None:
             if not found:
                 missing.append(f"{page_id(page)}: {cited}")
     assert not missing, "cited tests that do not exist:\n" + "\n".join(missing)
+
+
+# Not a Python API: the command line is documented by its options (docs/howto/command-line.md).
+NOT_IN_THE_REFERENCE = frozenset({"resilience.cli", "resilience.__main__"})
+_DIRECTIVE = re.compile(r"^\.\. (currentmodule|auto\w+):: ([\w.]+)", re.MULTILINE)
+
+
+def _public_modules() -> list[str]:
+    found = ["resilience"]
+    for info in pkgutil.walk_packages(resilience.__path__, "resilience."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or info.name in NOT_IN_THE_REFERENCE:
+            continue
+        if any(info.name.startswith(f"{skip}.") for skip in NOT_IN_THE_REFERENCE):
+            continue
+        found.append(info.name)
+    return found
+
+
+def _documented_objects() -> list[object]:
+    """What the reference pages' autodoc directives document, resolved to the objects."""
+    objects = []
+    for page in sorted((DOCS / "reference").glob("*.md")):
+        module = "resilience"
+        for kind, target in _DIRECTIVE.findall(page.read_text(encoding="utf-8")):
+            if kind == "currentmodule":
+                module = target
+                continue
+            owner, _, name = f"{module}.{target}".rpartition(".")
+            objects.append(getattr(importlib.import_module(owner), name))
+    return objects
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    documented = _documented_objects()
+    missing = [
+        f"{module}.{name}"
+        for module in _public_modules()
+        for name in importlib.import_module(module).__all__
+        if not any(getattr(importlib.import_module(module), name) is obj for obj in documented)
+    ]
+    assert not missing, (
+        "public names missing from the API reference: add an autodoc directive for each to the "
+        "page of its topic in docs/reference/: " + ", ".join(missing)
+    )
 
 
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
