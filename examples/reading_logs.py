@@ -17,8 +17,7 @@ from pathlib import Path
 import aiohttp
 
 from resilience import Backoff, ResilienceMiddleware, configure_logging
-from resilience import log_timeline as timeline
-from resilience import summarize_log as summarize
+from resilience.logs import summarize, timeline
 from resilience.testing import Emulator
 
 

@@ -12,13 +12,13 @@ The common case::
 
 from __future__ import annotations
 
+import warnings
+from typing import TYPE_CHECKING, Any
+
 from ._backoff import Backoff, Schedule, ScheduleStep
 from ._codes import CodeTable, ErrorSpec, Handling
 from ._errors import ApiError, DeadlineExceeded
 from ._events import ATTEMPT_EVENT, Outcome
-from ._logreader import LogSummary
-from ._logreader import summarize as summarize_log
-from ._logreader import timeline as log_timeline
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
 from ._session import wrap
@@ -34,7 +34,6 @@ __all__ = [
     "ErrorSpec",
     "Handling",
     "LocalStore",
-    "LogSummary",
     "Outcome",
     "ResilienceMiddleware",
     "RetryBudgetSettings",
@@ -44,9 +43,33 @@ __all__ = [
     "Signal",
     "Store",
     "configure_logging",
-    "log_timeline",
-    "summarize_log",
     "wrap",
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # the deprecated names, typed for checkers; at run time __getattr__ below
+    from .logs import LogSummary  # noqa: F401
+    from .logs import summarize as summarize_log  # noqa: F401
+    from .logs import timeline as log_timeline  # noqa: F401
+
+_MOVED_TO_LOGS: dict[str, str] = {
+    "LogSummary": "LogSummary",
+    "summarize_log": "summarize",
+    "log_timeline": "timeline",
+}
+"""Deprecated in 0.2 (the log reader is its own public module), removed in 0.3."""
+
+
+def __getattr__(name: str) -> Any:
+    new = _MOVED_TO_LOGS.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"resilience.{name} is deprecated: use resilience.logs.{new}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from . import logs
+
+    return getattr(logs, new)

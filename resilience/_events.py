@@ -10,10 +10,39 @@ from typing import Any, Final
 import structlog
 from yarl import URL
 
-__all__ = ["ATTEMPT_EVENT", "LIMIT_EVENT", "Outcome", "emit_attempt", "redact_url"]
+__all__ = [
+    "ATTEMPT_EVENT",
+    "ATTEMPT_FIELDS",
+    "LIMIT_EVENT",
+    "Outcome",
+    "emit_attempt",
+    "redact_url",
+]
 
 ATTEMPT_EVENT: Final = "resilience.attempt"
 """The ``event`` value of every per-attempt log line."""
+
+ATTEMPT_FIELDS: Final = (
+    "request_id",
+    "attempt",
+    "method",
+    "url",
+    "status",
+    "code",
+    "handling",
+    "retryable",
+    "outcome",
+    "reason",
+    "delay",
+    "elapsed",
+    "duration",
+    "waited",
+    "server_request_id",
+    "error",
+    "limit",
+)
+"""The fields of an attempt event besides ``event``: the one list the emitter's test, the log
+reader and the README's table test check against."""
 
 LIMIT_EVENT: Final = "resilience.limit"
 """The ``event`` value of the line logged when the adaptive concurrency limit changes."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from resilience.__main__ import main
-from resilience._demo import DEFAULT_EMULATOR, DemoSettings, run_demo
-from resilience._logreader import summarize
+from resilience.cli import main
+from resilience.cli._demo_run import DEFAULT_EMULATOR, DemoSettings, run_demo
+from resilience.logs import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from resilience._cli import bounded_int, positive_float
+from resilience.cli._args import bounded_int, positive_float
 from resilience.testing._server import Emulator
 from resilience.testing._settings import EmulatorConfig, add_arguments, config_from_args
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
-from resilience._cli import (
+from resilience.cli._args import (
     bounded_int,
     non_negative_float,
     optional,

@@ -1,4 +1,4 @@
-"""The structured retry-log reader: ``python -m resilience logs``."""
+"""The attempt-log reader: :mod:`resilience.logs` and ``python -m resilience logs``."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from resilience import _logreader
-from resilience._logreader import (
+import resilience.logs
+from resilience import cli
+from resilience.cli import _logs
+from resilience.cli._logs import render_text, render_timeline
+from resilience.logs import (
     CodeRow,
     LogSummary,
     RequestRow,
-    main,
-    render_text,
-    render_timeline,
     summarize,
     summary_to_json,
     timeline,
@@ -310,7 +310,7 @@ def test_code_key_fallbacks() -> None:
 
 
 def test_distinct_codes_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_logreader, "_MAX_CODES", 3)
+    monkeypatch.setattr(resilience.logs, "_MAX_CODES", 3)
     lines = [ev(outcome="retry", code=f"C{i}") for i in range(8)] + [ev(outcome="retry", code="C0")]
     codes = {r.code: r.attempts for r in summarize(lines).codes}
     assert codes == {"C0": 2, "C1": 1, "C2": 1, "(other)": 5}
@@ -434,6 +434,10 @@ def test_summary_to_json() -> None:
 # -- the command ---------------------------------------------------------------------------------
 
 
+def main(argv: list[str]) -> int:
+    return cli.main(["logs", *argv])
+
+
 @pytest.fixture
 def log_file(tmp_path: Path) -> Path:
     path = tmp_path / "retries.jsonl"
@@ -546,13 +550,13 @@ def test_main_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_overlong_lines_are_skipped_without_being_held() -> None:
     data = b"short\n" + b"x" * 100 + b"\nafter\n" + b"y" * 40
-    assert list(_logreader._iter_lines(io.BytesIO(data), max_line=16)) == [
+    assert list(_logs._iter_lines(io.BytesIO(data), max_line=16)) == [
         b"short\n",
         b"",
         b"after\n",
         b"",
     ]
-    assert list(_logreader._iter_lines(io.BytesIO(b"a\nb"), max_line=16)) == [b"a\n", b"b"]
+    assert list(_logs._iter_lines(io.BytesIO(b"a\nb"), max_line=16)) == [b"a\n", b"b"]
 
 
 def test_main_without_rich(
@@ -565,3 +569,22 @@ def test_main_without_rich(
     out, err = capsys.readouterr()
     assert out == ""
     assert "install 'resilience[cli]', or use --json" in err
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("summarize_log", summarize), ("log_timeline", timeline), ("LogSummary", LogSummary)],
+)
+def test_old_top_level_names_still_work_with_a_deprecation_warning(old: str, new: object) -> None:
+    import resilience
+
+    with pytest.warns(DeprecationWarning, match=rf"resilience\.{old} is deprecated"):
+        assert getattr(resilience, old) is new
+    assert old not in resilience.__all__
+
+
+def test_unknown_top_level_name_is_an_attribute_error() -> None:
+    import resilience
+
+    with pytest.raises(AttributeError, match="no attribute 'summarise_log'"):
+        resilience.summarise_log  # noqa: B018

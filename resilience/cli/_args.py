@@ -1,16 +1,20 @@
-"""Shared pieces of the command line: argument types, the rich check, the Backoff options."""
+"""Shared pieces of the command line: the :class:`Command` shape every subcommand has, its
+errors, argument types, the rich check and the Backoff options."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from ._backoff import Backoff
+from resilience._backoff import Backoff
 
 __all__ = [
     "PROG",
+    "Command",
+    "CommandError",
     "RICH_HINT",
     "RichMissing",
     "add_backoff_arguments",
@@ -29,18 +33,40 @@ RICH_HINT: Final = "pip install 'resilience[cli]'"
 _T = TypeVar("_T")
 
 
-class RichMissing(Exception):
+Run = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+"""A subcommand's body: parsed options and its own parser (for ``parser.error``) to exit code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand of ``python -m resilience``; :func:`resilience.cli.main` wires it up."""
+
+    name: str
+    help: str
+    """One line in the top-level ``--help``."""
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Run
+
+
+class CommandError(Exception):
+    """The command cannot go on: printed as one ``PROG COMMAND: error: ...`` line, exit 2."""
+
+
+class RichMissing(CommandError):
     """``rich`` (the ``cli`` extra) is not installed."""
 
 
-def require_rich() -> None:
-    """Raise :class:`RichMissing` unless ``rich`` can be imported."""
+def require_rich(why: str = "this command needs rich", *, otherwise: str = "") -> None:
+    """Raise :class:`RichMissing` unless rich imports: ``why``, the install hint, ``otherwise``
+    (what works without rich, e.g. ``"use --json"``)."""
     try:
         import rich  # noqa: F401
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.partition(".")[0] != "rich":
             raise
-        raise RichMissing(f"this command needs rich: {RICH_HINT}") from None
+        alternative = f", or {otherwise}" if otherwise else ""
+        raise RichMissing(f"{why}: {RICH_HINT}{alternative}") from None
 
 
 def _number(text: str) -> float:
