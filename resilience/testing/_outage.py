@@ -13,8 +13,8 @@ import argparse
 import math
 from typing import Final
 
-from resilience._cli import positive_float
 from resilience._codes import CodeTable, Handling
+from resilience.cli._args import positive_float
 
 __all__ = [
     "OUTAGE_CODES",
