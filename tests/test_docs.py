@@ -4,6 +4,11 @@
   127.0.0.1: a page's blocks share one namespace and one event loop, top-level ``await`` works,
   and ``API_URL`` holds the emulator's URL (the pages say so where they use it). A block that
   cannot run here is preceded by ``<!-- skip: next "why" -->`` (sybil's skip directive).
+- Every ``console`` block runs too: each ``$ python -m ...`` command must exit 0 and print the
+  lines shown under it (a line ``...`` stands for any number of lines).
+- A fence in any other language is not run: ``sh`` (commands to type: installs, the suite
+  itself), ``text`` or none (diagrams, output); a misspelt ``py`` would hide an example, so only
+  these are allowed.
 - Every test a page cites as proof of a guarantee exists.
 - Every public name (each public module's ``__all__``) is in the API reference.
 - The site builds strictly: every Sphinx warning (broken link, missing reference, bad
@@ -17,8 +22,10 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import os
 import pkgutil
 import re
+import shlex
 import subprocess
 import sys
 import unittest
@@ -41,7 +48,8 @@ PAGES = sorted(
 )
 BLOCK_TIMEOUT = 30.0  # seconds one block may run; the pages' examples take well under one
 HOW_TO_FIX = (
-    "A Python block in the docs must run as written: send requests to API_URL (the emulator's "
+    "A python or console block in the docs must run as written: send requests to API_URL "
+    "(the emulator's "
     'URL in the tests), or mark the block with <!-- skip: next "why it cannot run" -->.'
 )
 
@@ -65,6 +73,47 @@ class _Page:
             self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT))
 
 
+def _console(example: Example) -> None:
+    """Run each ``$ command`` of a console block; compare what it printed with the block."""
+    commands: list[tuple[str, list[str]]] = []
+    for line in example.parsed.strip("\n").splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        elif commands:
+            commands[-1][1].append(line.rstrip())
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="80", TERM="dumb")
+    for command, shown in commands:
+        argv = shlex.split(command)
+        assert argv[:2] == ["python", "-m"], f"only `python -m ...` commands run here: {command}"
+        proc = subprocess.run(
+            [sys.executable, *argv[1:]],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=BLOCK_TIMEOUT,
+            check=False,
+        )
+        assert proc.returncode == 0, f"`{command}` exited {proc.returncode}: {proc.stderr}"
+        printed = [line.rstrip() for line in proc.stdout.rstrip().splitlines()]
+        if not _matches(_trimmed(shown), printed):
+            raise AssertionError(f"`{command}` printed, unlike the page:\n{proc.stdout}")
+
+
+def _trimmed(lines: list[str]) -> list[str]:
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    return lines
+
+
+def _matches(shown: list[str], printed: list[str]) -> bool:
+    """Line by line, ``...`` matching any run of lines (doctest's ELLIPSIS, by lines)."""
+    if not shown:
+        return not printed
+    if shown[0] == "...":
+        return any(_matches(shown[1:], printed[i:]) for i in range(len(printed) + 1))
+    return bool(printed) and printed[0] == shown[0] and _matches(shown[1:], printed[1:])
+
+
 @contextlib.contextmanager
 def page_runner(*, redis: bool = False) -> Iterator[tuple[Sybil, dict[str, object]]]:
     """A sybil for one page, and the names its blocks may use: ``API_URL`` (the emulator's)
@@ -79,7 +128,13 @@ def page_runner(*, redis: bool = False) -> Iterator[tuple[Sybil, dict[str, objec
         if redis:
             names["REDIS_URL"] = stack.enter_context(RedisServer()).url
         run = _Page(loop)
-        sybil = Sybil(parsers=[CodeBlockParser(language="python", evaluator=run), SkipParser()])
+        sybil = Sybil(
+            parsers=[
+                CodeBlockParser(language="python", evaluator=run),
+                CodeBlockParser(language="console", evaluator=_console),
+                SkipParser(),
+            ]
+        )
         yield sybil, names
 
 
@@ -99,7 +154,7 @@ def test_every_python_block_of_the_page_runs(
             try:
                 example.evaluate()
             except unittest.SkipTest:
-                continue  # the page says why; the skipped block is still parsed above
+                continue  # marked <!-- skip: next "why" --> on the page
             except Exception as exc:
                 raise AssertionError(
                     f"{page_id(page)}, block at line {example.line}: {exc!r}\n{HOW_TO_FIX}"
@@ -111,6 +166,27 @@ def test_the_pages_have_python_blocks_to_run() -> None:
     with page_runner() as (sybil, _):
         found = sum(1 for page in PAGES for _ in sybil.parse(page))
     assert found >= 10
+
+
+_FENCE = re.compile(r"^ *(```+|~~~+)([^`\n]*)$", re.MULTILINE)
+NOT_RUN = frozenset({"sh", "text", ""})
+
+
+def test_every_block_is_run_or_in_a_language_that_is_not() -> None:
+    wrong = []
+    for page in PAGES:
+        opened: str | None = None
+        for fence, info in _FENCE.findall(page.read_text(encoding="utf-8")):
+            if opened is not None:  # a closing fence (or one inside a longer fence)
+                if fence.startswith(opened[0]) and len(fence) >= len(opened) and not info.strip():
+                    opened = None
+                continue
+            opened = fence
+            language = info.strip()
+            if language in {"python", "console"} | NOT_RUN or language.startswith("{"):
+                continue  # "{...}": a MyST directive (literalinclude, toctree, eval-rst)
+            wrong.append(f"{page_id(page)}: ```{language}")
+    assert not wrong, "blocks in a language neither run nor allowed:\n" + "\n".join(wrong)
 
 
 _CITED_TEST = re.compile(r"`(test_[a-z0-9_]+\*?)`")
