@@ -189,6 +189,13 @@ def test_every_block_is_run_or_in_a_language_that_is_not() -> None:
     assert not wrong, "blocks in a language neither run nor allowed:\n" + "\n".join(wrong)
 
 
+def test_every_example_script_is_shown_on_the_examples_page() -> None:
+    page = (DOCS / "examples.md").read_text(encoding="utf-8")
+    scripts = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
+    missing = [s for s in scripts if f"literalinclude}} ../examples/{s}" not in page]
+    assert not missing, f"docs/examples.md does not include: {missing}"
+
+
 _CITED_TEST = re.compile(r"`(test_[a-z0-9_]+\*?)`")
 
 
