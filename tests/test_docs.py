@@ -29,6 +29,7 @@ import shlex
 import subprocess
 import sys
 import unittest
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,9 +69,12 @@ class _Page:
             flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
             dont_inherit=True,
         )
-        result = eval(code, example.namespace)  # a coroutine when the block awaits
-        if inspect.iscoroutine(result):
-            self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT))
+        with warnings.catch_warnings():
+            # The pages must not teach a deprecated name of ours.
+            warnings.filterwarnings("error", message="resilience", category=DeprecationWarning)
+            result = eval(code, example.namespace)  # a coroutine when the block awaits
+            if inspect.iscoroutine(result):
+                self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT))
 
 
 def _console(example: Example) -> None:
