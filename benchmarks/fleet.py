@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import throttling  # noqa: E402
-from resilience import Backoff, LocalStore, ResilienceMiddleware, Signal, Store  # noqa: E402
+from resilience import Backoff, Feedback, LocalStore, ResilienceMiddleware, Signal, Store  # noqa: E402
 from resilience.redis import RedisStore  # noqa: E402
 from resilience.testing import EmulatorProcess  # noqa: E402
 
@@ -180,8 +180,8 @@ async def _cycle(store: Store) -> float:
     began = time.perf_counter()
     admission = await store.admit("http://bench", None)
     took = time.perf_counter() - began
-    await store.report(admission, Signal.SUCCESS, None)
-    store.release(admission)
+    await admission.report(Feedback(Signal.SUCCESS))
+    admission.release()
     return took
 
 

@@ -15,23 +15,28 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._attempt import ATTEMPT_FIELDS, AttemptRecord, Outcome
 from ._backoff import Backoff, Schedule, ScheduleStep
+from ._budget import RetryBudgetSettings
 from ._codes import CodeTable, ErrorSpec, Handling
 from ._errors import ApiError, DeadlineExceeded
-from ._events import ATTEMPT_EVENT, Outcome
+from ._events import ATTEMPT_EVENT
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
 from ._session import wrap
-from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, Store
+from ._store import Admission, Feedback, LocalStore, Signal, Store
 
 __all__ = [
     "ATTEMPT_EVENT",
+    "ATTEMPT_FIELDS",
     "Admission",
+    "AttemptRecord",
     "ApiError",
     "Backoff",
     "CodeTable",
     "DeadlineExceeded",
     "ErrorSpec",
+    "Feedback",
     "Handling",
     "LocalStore",
     "Outcome",

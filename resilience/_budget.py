@@ -4,11 +4,37 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Final
 
 from ._pacing import Clock
 
-__all__ = ["RetryBudget"]
+__all__ = ["DEFAULT_RETRY_BUDGET", "RetryBudget", "RetryBudgetSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetSettings:
+    """How many retries of failures may be added to the traffic (Finagle's retry budget).
+
+    Each logical request deposits ``ratio`` of a retry for ``ttl`` seconds; each retry of a
+    failure withdraws one; ``min_per_second * ttl`` retries are always allowed. The throttles
+    (both 429s, 425) never touch the budget.
+    """
+
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    ttl: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio <= 1000:
+            raise ValueError(f"RetryBudgetSettings.ratio must be in [0, 1000], got {self.ratio!r}")
+        if self.min_per_second < 0:
+            raise ValueError("RetryBudgetSettings.min_per_second must be >= 0")
+        if not 1 <= self.ttl <= 60:
+            raise ValueError("RetryBudgetSettings.ttl must be in [1, 60] seconds")
+
+
+DEFAULT_RETRY_BUDGET: Final = RetryBudgetSettings()
 
 
 class RetryBudget:
@@ -21,26 +47,28 @@ class RetryBudget:
 
     def __init__(
         self,
+        settings: RetryBudgetSettings | None = None,
         *,
-        ratio: float = 0.2,
-        ttl: float = 10.0,
-        min_per_second: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        if not 0 <= ratio <= 1000:
-            raise ValueError(f"retry budget ratio must be in [0, 1000], got {ratio!r}")
-        if not 1 <= ttl <= 60:
-            raise ValueError(f"retry budget ttl must be in [1, 60] seconds, got {ttl!r}")
-        if min_per_second < 0:
-            raise ValueError(f"retry budget min_per_second must be >= 0, got {min_per_second!r}")
-        self.ratio = ratio
-        self.ttl = ttl
-        self.min_per_second = min_per_second
+        settings = settings if settings is not None else RetryBudgetSettings()
+        if not isinstance(settings, RetryBudgetSettings):
+            raise TypeError(f"expected RetryBudgetSettings, got {type(settings).__name__}")
+        self.ratio = settings.ratio
+        self.ttl = ttl = settings.ttl
+        self.min_per_second = settings.min_per_second
         self._clock = clock
         self._slots: Final = max(1, math.ceil(ttl))
         self._deposits = [0.0] * self._slots
         self._withdrawals = [0.0] * self._slots
         self._second = math.floor(clock())
+
+    @classmethod
+    def from_settings(
+        cls, settings: RetryBudgetSettings | None, *, clock: Clock = time.monotonic
+    ) -> RetryBudget | None:
+        """The budget those settings describe; ``None`` (no budget) for ``None``."""
+        return cls(settings, clock=clock) if settings is not None else None
 
     def _advance(self) -> int:
         now = math.floor(self._clock())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from . import _aiohttp_compat as compat
 from ._codes import STATUS_FALLBACK, CodeTable, ErrorSpec, Handling
 
 __all__ = ["Verdict", "classify_response", "parse_retry_after", "read_envelope"]
@@ -96,12 +96,10 @@ async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> Mapping[str, 
     data = bytes(body)
     if len(data) > cap or not resp.content.at_eof():
         # Too big to classify: give the bytes back so the caller's read() sees the whole body.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            resp.content.unread_data(data)
+        compat.unread(resp, data)
         return None
     # The body is complete: cache it where ClientResponse.read() looks first.
-    resp._body = data
+    compat.cache_body(resp, data)
     try:
         decoded = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the recursion limit

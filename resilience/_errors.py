@@ -27,7 +27,7 @@ class ApiError(aiohttp.ClientResponseError):
         history: Sequence[aiohttp.ClientResponse],
         *,
         status: int,
-        code: str | None,
+        error_code: str | None,
         detail: str | None,
         retryable: bool,
         request_id: str,
@@ -35,11 +35,14 @@ class ApiError(aiohttp.ClientResponseError):
         server_request_id: str | None = None,
         headers: Any = None,
     ) -> None:
+        code = error_code
         message = f"{code or 'HTTP ' + str(status)}: {detail}" if detail else (code or "")
         super().__init__(
             request_info, tuple(history), status=status, message=message, headers=headers
         )
-        self._api_code = code
+        self.error_code = code
+        """The envelope's error code (None when the body had no envelope). ``code`` stays
+        aiohttp's: an int alias of ``status``."""
         self.detail = detail
         self.retryable = retryable
         self.request_id = request_id
@@ -50,11 +53,6 @@ class ApiError(aiohttp.ClientResponseError):
         # aiohttp's str() shows the full URL; keep credentials in query strings out of it.
         url = redact_url(self.request_info.real_url)
         return f"{self.status}, message={self.message!r}, url={url!r}"
-
-    @property  # type: ignore[misc]
-    def code(self) -> str | None:  # type: ignore[override]
-        """The envelope's error code (None when the body had no envelope)."""
-        return self._api_code
 
 
 if sys.version_info >= (3, 11):
@@ -73,10 +71,20 @@ class DeadlineExceeded(aiohttp.ClientError, _TimeoutBase):
     last answer (None when nothing was sent).
     """
 
-    request_id: str | None = None
-    attempts: int = 0
-    last_status: int | None = None
-    last_code: str | None = None
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        attempts: int = 0,
+        last_status: int | None = None,
+        last_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.attempts = attempts
+        self.last_status = last_status
+        self.last_code = last_code
 
 
 class CircuitOpen(aiohttp.ClientError):
@@ -127,7 +135,7 @@ class AccountStopped(ApiError):
             request_info,
             (),
             status=status,
-            code=code,
+            error_code=code,
             detail=f"{detail} ({reason})" if detail else reason,
             retryable=False,
             request_id=request_id,

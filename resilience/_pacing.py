@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Final
 
 import anyio
 
-__all__ = ["Clock", "Cubic", "RatePacer", "TokenBucket", "WindowRate"]
+__all__ = ["MAX_RETRY_AFTER", "Clock", "Cubic", "RatePacer", "TokenBucket", "WindowRate"]
 
 Clock = Callable[[], float]
+
+MAX_RETRY_AFTER: Final = 3600.0
+"""With no ``max_elapsed``, a Retry-After or a closed gate longer than this gives up instead of
+sleeping: a server cannot park every later request."""
 
 
 class Cubic:

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 
+from . import _aiohttp_compat as compat
 from ._middleware import ResilienceMiddleware
 
 __all__ = ["wrap"]
@@ -29,9 +30,7 @@ def wrap(
         raise TypeError(f"wrap() takes an aiohttp.ClientSession, got {type(session).__name__}")
     if session.closed:
         raise RuntimeError("cannot wrap a closed session")
-    current = getattr(session, "_middlewares", None)
-    if not isinstance(current, tuple):
-        raise RuntimeError("this aiohttp version keeps no session middlewares (need >= 3.12)")
+    current = compat.session_middlewares(session)
     if middleware not in current:
-        session._middlewares = (middleware, *current)
+        compat.set_session_middlewares(session, (middleware, *current))
     return session

@@ -1,21 +1,26 @@
-"""Where throttling state lives: the ``Store`` interface and the in-process ``LocalStore``."""
+"""Where throttling state lives: the ``Store`` seam, its ``Admission`` handle, ``LocalStore``.
+
+One attempt meets the store twice: ``admit()`` (wait at the gate and pacer, take a permit)
+hands out an :class:`Admission`, and the attempt's few operations go through that handle
+(report what the answer said, release, park until a permit frees), as Netflix
+concurrency-limits' ``Limiter.Listener``. The retry budget is the store's, not the attempt's.
+"""
 
 from __future__ import annotations
 
 import enum
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-from ._budget import RetryBudget
+from ._budget import DEFAULT_RETRY_BUDGET, RetryBudget, RetryBudgetSettings
 from ._concurrency import AdaptiveLimiter, ConcurrencyPermit
-from ._decide import MAX_RETRY_AFTER
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
-from ._pacing import RatePacer
+from ._pacing import MAX_RETRY_AFTER, RatePacer
 
 __all__ = ["Admission", "LocalStore", "RetryBudgetSettings", "Signal", "Store"]
 
@@ -26,44 +31,39 @@ class Signal(enum.Enum):
     SUCCESS = "success"  # accepted by the server (2xx/3xx)
     CONCURRENCY = "concurrency"  # 429 GENERATION_CONCURRENCY_EXCEEDED
     RATE = "rate"  # 429 RATE_LIMITED
+    FAILURE = "failure"  # an outage failure: transport error, transient code, bare 5xx
     OTHER = "other"  # any other answer: the server took it, no limit was hit
 
 
 @dataclass(frozen=True, slots=True)
-class RetryBudgetSettings:
-    """How many retries of failures may be added to the traffic (Finagle's retry budget).
+class Feedback:
+    """What one attempt's answer tells the limits (built by the policy, ``_decide.py``)."""
 
-    Each logical request deposits ``ratio`` of a retry for ``ttl`` seconds; each retry of a
-    failure withdraws one; ``min_per_second * ttl`` retries are always allowed. The throttles
-    (both 429s, 425) never touch the budget.
-    """
-
-    ratio: float = 0.2
-    min_per_second: float = 10.0
-    ttl: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.ratio <= 1000:
-            raise ValueError(f"RetryBudgetSettings.ratio must be in [0, 1000], got {self.ratio!r}")
-        if self.min_per_second < 0:
-            raise ValueError("RetryBudgetSettings.min_per_second must be >= 0")
-        if not 1 <= self.ttl <= 60:
-            raise ValueError("RetryBudgetSettings.ttl must be in [1, 60] seconds")
+    signal: Signal
+    gate: float | None = None  # seconds the origin's gate closes (Retry-After, capped)
 
 
-@dataclass(slots=True, eq=False)
-class Admission:
-    """The right to send one attempt: a concurrency permit plus the pacing epoch it was sent in.
+@runtime_checkable
+class Admission(Protocol):
+    """The right to send one attempt, and the operations that attempt needs."""
 
-    Stores put whatever they need in ``permit`` and ``extra``; the middleware only passes the
-    admission back to the store.
-    """
+    @property
+    def limit(self) -> int:
+        """The concurrency limit when the attempt was admitted (for logs)."""
+        ...
 
-    origin: str
-    permit: object
-    limit: int
-    rate_epoch: int
-    extra: dict[str, object] = field(default_factory=dict)
+    async def report(self, feedback: Feedback) -> None:
+        """Feed the attempt's answer into the limits (AIMD step, gate, pacing rate)."""
+        ...
+
+    def release(self) -> None:
+        """Return the permit. Synchronous and idempotent: it runs from connection callbacks."""
+        ...
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Park after this attempt's plan-limit 429 until one of our requests completes (also
+        counting completions while it was in flight), or ``timeout``."""
+        ...
 
 
 @runtime_checkable
@@ -80,24 +80,12 @@ class Store(Protocol):
         ...
 
     async def admit(self, origin: str, deadline: float | None) -> Admission:
-        """Wait at ``origin``'s rate gate and pacer, then for a concurrency permit.
+        """Wait at ``origin``'s rate gate and pacer, then for a concurrency permit; the handle
+        of the admitted attempt.
 
         Raises :class:`DeadlineExceeded` without waiting when the gate stays closed past the
         deadline, or when no permit comes before it.
         """
-        ...
-
-    def release(self, admission: Admission) -> None:
-        """Return the permit. Synchronous and idempotent: it runs from connection callbacks."""
-        ...
-
-    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
-        """Feed one response into the limits (AIMD step, gate, pacing rate)."""
-        ...
-
-    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
-        """Park after ``admission``'s plan-limit 429 until one of our requests completes (also
-        counting completions while it was in flight), or ``timeout``."""
         ...
 
     async def deposit_request(self) -> None:
@@ -135,21 +123,13 @@ class LocalStore:
         *,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
-        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),
+        retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
     ) -> None:
         check_concurrency(max_concurrency, initial_concurrency)
         self._clock = time.monotonic
         self.limiter = AdaptiveLimiter(ceiling=max_concurrency, initial=initial_concurrency)
         self._pacers: dict[str, RatePacer] = {}
-        self.budget = (
-            RetryBudget(
-                ratio=retry_budget.ratio,
-                ttl=retry_budget.ttl,
-                min_per_second=retry_budget.min_per_second,
-            )
-            if retry_budget is not None
-            else None
-        )
+        self.budget = RetryBudget.from_settings(retry_budget)
 
     @property
     def concurrency_limit(self) -> int:
@@ -168,7 +148,7 @@ class LocalStore:
                 await self._wait_turn(pacer, deadline)
             permit = await self._acquire(deadline)
             if pacer.gate_wait() <= 0:
-                return Admission(origin, permit, permit.limit, pacer.epoch)
+                return _LocalAdmission(self, pacer, origin, permit)
             # The gate closed while we waited for the permit: do not send into it.
             self.limiter.release(permit)
 
@@ -206,41 +186,54 @@ class LocalStore:
             return await self.limiter.acquire()
         raise DeadlineExceeded("no concurrency permit before max_elapsed")
 
-    def release(self, admission: Admission) -> None:
-        assert isinstance(admission.permit, ConcurrencyPermit)
-        self.limiter.release(admission.permit)
-
-    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
-        permit = admission.permit
-        assert isinstance(permit, ConcurrencyPermit)
-        if signal is Signal.SUCCESS:
-            self.limiter.on_success(permit)
-        elif signal is Signal.CONCURRENCY:
-            self.limiter.on_concurrency_exceeded(permit)
-        pacer = self.pacer(admission.origin)
-        closed = pacer.on_response(
-            rate_limited=signal is Signal.RATE,
-            retry_after=retry_after,
-            epoch=admission.rate_epoch,
-        )
-        if closed:
-            rate = pacer.rate
-            emit(
-                GATE_EVENT,
-                "info",
-                origin=admission.origin,
-                closed_for=round(retry_after or 0.0, 3),
-                pace=round(rate, 2) if rate is not None and math.isfinite(rate) else None,
-            )
-
-    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
-        permit = admission.permit
-        assert isinstance(permit, ConcurrencyPermit)
-        await self.limiter.wait_for_release(timeout, since=permit)
-
     async def deposit_request(self) -> None:
         if self.budget is not None:
             self.budget.deposit()
 
     async def try_retry(self) -> bool:
         return self.budget is None or self.budget.try_withdraw()
+
+
+class _LocalAdmission:
+    """A :class:`LocalStore` admission: the permit and the pacing epoch it was sent in."""
+
+    __slots__ = ("_origin", "_pacer", "_permit", "_rate_epoch", "_store")
+
+    def __init__(
+        self, store: LocalStore, pacer: RatePacer, origin: str, permit: ConcurrencyPermit
+    ) -> None:
+        self._store = store
+        self._pacer = pacer
+        self._origin = origin
+        self._permit = permit
+        self._rate_epoch = pacer.epoch
+
+    @property
+    def limit(self) -> int:
+        return self._permit.limit
+
+    def release(self) -> None:
+        self._store.limiter.release(self._permit)
+
+    async def report(self, feedback: Feedback) -> None:
+        signal, limiter = feedback.signal, self._store.limiter
+        if signal is Signal.SUCCESS:
+            limiter.on_success(self._permit)
+        elif signal is Signal.CONCURRENCY:
+            limiter.on_concurrency_exceeded(self._permit)
+        pacer = self._pacer
+        closed = pacer.on_response(
+            rate_limited=signal is Signal.RATE, retry_after=feedback.gate, epoch=self._rate_epoch
+        )
+        if closed:
+            rate = pacer.rate
+            emit(
+                GATE_EVENT,
+                "info",
+                origin=self._origin,
+                closed_for=round(feedback.gate or 0.0, 3),
+                pace=round(rate, 2) if rate is not None and math.isfinite(rate) else None,
+            )
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self._store.limiter.wait_for_release(timeout, since=self._permit)

@@ -42,12 +42,11 @@ from redis.commands.core import AsyncScript
 from yarl import URL
 
 from . import _redis_lua as lua
-from ._budget import RetryBudget
-from ._concurrency import ConcurrencyPermit
-from ._decide import MAX_RETRY_AFTER
+from ._budget import DEFAULT_RETRY_BUDGET, RetryBudget, RetryBudgetSettings
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, LIMIT_EVENT, STORE_EVENT, emit, redact_url
-from ._store import Admission, LocalStore, RetryBudgetSettings, Signal, check_concurrency
+from ._pacing import MAX_RETRY_AFTER
+from ._store import Admission, Feedback, LocalStore, Signal, check_concurrency
 
 __all__ = ["RedisStore", "RedisStoreStats"]
 
@@ -58,7 +57,8 @@ _TROUBLE: Final = (redis_errors.RedisError, OSError)  # OSError covers TimeoutEr
 
 _GRANTED: Final = 0
 _WAIT: Final = 1
-_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2}  # what a release feeds into the limits
+# What a release feeds into the limits: 1 grows the limit, 2 is an answer that hit no limit.
+_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2, Signal.FAILURE: 2}
 
 
 class _Unavailable(Exception):
@@ -153,7 +153,7 @@ class RedisStore:
         namespace: str,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
-        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
         lease_ttl: float = 30.0,
         redis_timeout: float = 0.25,
         max_connections: int = 32,
@@ -206,15 +206,7 @@ class RedisStore:
 
         self._worker = uuid.uuid4().hex[:16]
         self._lease_ids = itertools.count(1)
-        self._budget = (
-            RetryBudget(
-                ratio=retry_budget.ratio,
-                ttl=retry_budget.ttl,
-                min_per_second=retry_budget.min_per_second,
-            )
-            if retry_budget is not None
-            else None
-        )
+        self._budget = RetryBudget.from_settings(retry_budget)
         self._pending_deposits = 0
 
         self._shared = True  # False while falling back to local limits
@@ -253,7 +245,7 @@ class RedisStore:
         namespace: str,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
-        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
         lease_ttl: float = 30.0,
         redis_timeout: float = 0.25,
         max_connections: int = 32,
@@ -332,7 +324,7 @@ class RedisStore:
                 for _ in range(self._free_hint - self._acquiring):
                     if not self._wake_one():  # room to spare: let queued requests ask
                         break
-                return Admission(origin, lease, limit, slot_epoch)
+                return _SharedAdmission(self, origin, lease, limit, slot_epoch)
             self._free_hint = 0
             if status == _WAIT:
                 await self._sleep_for(value / 1e6, deadline)
@@ -366,13 +358,10 @@ class RedisStore:
             raise DeadlineExceeded(f"the rate gate stays closed for {wait:.0f} s")
         await asyncio.sleep(wait)
 
-    def release(self, admission: Admission) -> None:
-        """Return the permit: at once for a local one; a lease goes back with the next Redis
-        call of this process (sent right away in a background task if none is on its way)."""
-        permit = admission.permit
-        if not isinstance(permit, _Lease):
-            _local_of(admission).release(admission)
-            return
+    def _release_lease(self, admission: _SharedAdmission) -> None:
+        """Return a lease: it goes back with the next Redis call of this process (sent right
+        away in a background task if none is on its way)."""
+        permit = admission.lease
         if permit.released:
             return
         permit.released = True
@@ -380,9 +369,7 @@ class RedisStore:
         if not self._shared or self._closed:
             self._orphans.add(permit.id)
             return
-        answer = admission.extra.get("answer", 0)
-        assert isinstance(answer, int)
-        self._releasing[permit.id] = (admission.origin, answer)
+        self._releasing[permit.id] = (admission.origin, admission.answer)
         try:
             loop = self._on_loop()  # a new loop: a flush pending on the old one is gone
         except RuntimeError:
@@ -391,15 +378,12 @@ class RedisStore:
             self._flush_pending = True
             self._spawn(loop, self._flush_releases())
 
-    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
+    async def _report(self, admission: _SharedAdmission, feedback: Feedback) -> None:
         """Feed one answer in; successes ride on the release (no extra round trip)."""
-        permit = admission.permit
-        if not isinstance(permit, _Lease):
-            await _local_of(admission).report(admission, signal, retry_after)
-            return
+        permit, signal, retry_after = admission.lease, feedback.signal, feedback.gate
         answer = _ANSWERS.get(signal)
         if answer is not None:
-            admission.extra["answer"] = answer
+            admission.answer = answer
             return
         if self._shared:
             initial, ceiling, lease_ms, state_ms = self._limit_args
@@ -434,12 +418,10 @@ class RedisStore:
             pacer = self._fallback.pacer(admission.origin)
             pacer.on_response(rate_limited=True, retry_after=retry_after, epoch=pacer.epoch)
 
-    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
+    async def _wait_for_release(self, timeout: float) -> None:
         """Park until a permit frees anywhere in the fleet, or ``timeout``."""
         if self._shared:
             await self._park(max(timeout, 0.0))
-        elif isinstance(admission.permit, ConcurrencyPermit):
-            await self._fallback.wait_for_release(admission, timeout)
         else:  # admitted by Redis before the fallback: nothing local to compare with
             await self._fallback.limiter.wait_for_release(timeout)
 
@@ -898,13 +880,30 @@ class RedisStore:
                 self._start("heartbeat", self._heartbeat)
 
     async def _admit_local(self, origin: str, deadline: float | None) -> Admission:
-        local = self._fallback
-        admission = await local.admit(origin, deadline)
-        admission.extra["local"] = local
-        return admission
+        # The fallback's own handle: its report, release and park are the local store's.
+        return await self._fallback.admit(origin, deadline)
 
 
-def _local_of(admission: Admission) -> LocalStore:
-    local = admission.extra.get("local")
-    assert isinstance(local, LocalStore)
-    return local
+class _SharedAdmission:
+    """A permit leased from Redis, and the answer its release will feed into the limits."""
+
+    __slots__ = ("answer", "lease", "limit", "origin", "rate_epoch", "store")
+
+    def __init__(
+        self, store: RedisStore, origin: str, lease: _Lease, limit: int, rate_epoch: int
+    ) -> None:
+        self.store = store
+        self.origin = origin
+        self.lease = lease
+        self.limit = limit
+        self.rate_epoch = rate_epoch  # the pacing epoch of its sending slot
+        self.answer = 0  # _ANSWERS value once reported; 0: nothing (cancelled, error)
+
+    def release(self) -> None:
+        self.store._release_lease(self)
+
+    async def report(self, feedback: Feedback) -> None:
+        await self.store._report(self, feedback)
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self.store._wait_for_release(timeout)

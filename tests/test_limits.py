@@ -3,7 +3,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from resilience._budget import RetryBudget
+from resilience._budget import RetryBudget, RetryBudgetSettings
 from resilience._concurrency import AdaptiveLimiter, ConcurrencyPermit
 from resilience._pacing import Cubic, RatePacer, TokenBucket, WindowRate
 
@@ -283,20 +283,22 @@ def test_pacing_rate_recovers_after_a_cut() -> None:
 
 def test_budget_allows_ratio_of_requests_plus_reserve() -> None:
     clock = FakeClock(100.0)
-    budget = RetryBudget(ratio=0.2, min_per_second=0, clock=clock)
+    budget = RetryBudget(RetryBudgetSettings(ratio=0.2, min_per_second=0), clock=clock)
     for _ in range(100):
         budget.deposit()
     assert sum(budget.try_withdraw() for _ in range(30)) == 20
 
 
 def test_budget_reserve_alone_allows_min_per_second_times_ttl() -> None:
-    budget = RetryBudget(ratio=0.2, min_per_second=1, ttl=10, clock=FakeClock(0))
+    budget = RetryBudget(
+        RetryBudgetSettings(ratio=0.2, min_per_second=1, ttl=10), clock=FakeClock(0)
+    )
     assert sum(budget.try_withdraw() for _ in range(20)) == 10
 
 
 def test_budget_deposits_and_withdrawals_expire_after_ttl() -> None:
     clock = FakeClock(0.0)
-    budget = RetryBudget(ratio=0.5, min_per_second=0, ttl=2, clock=clock)
+    budget = RetryBudget(RetryBudgetSettings(ratio=0.5, min_per_second=0, ttl=2), clock=clock)
     for _ in range(10):
         budget.deposit()
     assert budget.balance == 5
@@ -308,9 +310,9 @@ def test_budget_deposits_and_withdrawals_expire_after_ttl() -> None:
 
 def test_bad_budget_settings() -> None:
     with pytest.raises(ValueError, match="ttl"):
-        RetryBudget(ttl=0.5)
+        RetryBudgetSettings(ttl=0.5)
     with pytest.raises(ValueError, match="ratio"):
-        RetryBudget(ratio=-1)
+        RetryBudgetSettings(ratio=-1)
 
 
 async def test_a_cut_at_most_halves_the_limit() -> None:

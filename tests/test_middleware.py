@@ -505,7 +505,7 @@ async def test_api_error_option_raises_typed_error(emu: Emulator) -> None:
         assert acquired(s) == 0
     error = caught.value
     assert isinstance(error, aiohttp.ClientResponseError)
-    assert (error.status, error.code, error.retryable, error.attempts) == (
+    assert (error.status, error.error_code, error.retryable, error.attempts) == (
         503,
         "DISPATCH_TIMEOUT",
         True,

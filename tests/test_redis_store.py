@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError as RedisResponseError
 
 from resilience import (
     DeadlineExceeded,
+    Feedback,
     LocalStore,
     ResilienceMiddleware,
     RetryBudgetSettings,
@@ -107,9 +108,9 @@ async def test_happy_path_costs_two_round_trips(
         await store.deposit_request()
         admission = await store.admit(ORIGIN, None)
         assert await permits(raw, namespace) == 1
-        await store.report(admission, Signal.SUCCESS, None)
-        store.release(admission)
-        store.release(admission)  # idempotent
+        await admission.report(Feedback(Signal.SUCCESS))
+        admission.release()
+        admission.release()  # idempotent
         await store.drain()
         assert await permits(raw, namespace) == 0
         assert store.stats().round_trips == {"acquire": 1, "release": 1}
@@ -121,8 +122,8 @@ async def test_back_to_back_requests_cost_one_round_trip_each(
     async with RedisStore.from_url(server.url, namespace=namespace) as store:
         for _ in range(10):
             admission = await store.admit(ORIGIN, None)
-            await store.report(admission, Signal.SUCCESS, None)
-            store.release(admission)  # rides on the next acquire
+            await admission.report(Feedback(Signal.SUCCESS))
+            admission.release()  # rides on the next acquire
         await store.drain()
         trips = store.stats().round_trips
         assert trips["acquire"] == 10
@@ -145,10 +146,10 @@ async def test_limit_follows_the_local_store_rules(server: RedisServer, namespac
                     mine.append(await store.admit(ORIGIN, time.monotonic() + 2))
 
         async def answer(index: int, signal: Signal) -> None:
-            for store, mine in zip(stores, held, strict=True):
+            for mine in held:
                 admission = mine.pop(index)
-                await store.report(admission, signal, None)
-                store.release(admission)
+                await admission.report(Feedback(signal))
+                admission.release()
             await shared.drain()
 
         trace: list[tuple[int, int]] = []
@@ -194,19 +195,18 @@ async def test_a_burst_of_plan_limit_429s_cuts_the_shared_limit_once(
     ):
         sent = [await (a if n % 2 else b).admit(ORIGIN, None) for n in range(6)]
         for n in (5, 4, 3):  # the three newest are turned away, in one round trip
-            store = a if n % 2 else b
-            await store.report(sent[n], Signal.CONCURRENCY, None)
-            store.release(sent[n])
+            await sent[n].report(Feedback(Signal.CONCURRENCY))
+            sent[n].release()
         await a.drain()
         await b.drain()
         assert a.concurrency_limit == 5  # cut once: older than the first rejected = 5
         after = await b.admit(ORIGIN, None)  # b sees the fleet's limit
         assert after.limit == 5
-        await b.report(after, Signal.CONCURRENCY, None)  # sent after the cut: cuts again
+        await after.report(Feedback(Signal.CONCURRENCY))  # sent after the cut: cuts again
         assert b.concurrency_limit == 3  # 3 older requests still in flight
-        b.release(after)
+        after.release()
         for n in range(3):
-            (a if n % 2 else b).release(sent[n])
+            sent[n].release()
 
 
 async def test_a_cut_does_not_count_requests_sent_after_the_rejected_one(
@@ -217,10 +217,10 @@ async def test_a_cut_does_not_count_requests_sent_after_the_rejected_one(
         rejected = await s.admit(ORIGIN, None)
         await asyncio.sleep(0.05)  # well after it: these did not race it to the server
         newer = [await s.admit(ORIGIN, None) for _ in range(2)]
-        await s.report(rejected, Signal.CONCURRENCY, None)
+        await rejected.report(Feedback(Signal.CONCURRENCY))
         assert s.concurrency_limit == 5  # the 5 older ones, not the 7 others in flight
         for admission in (*older, rejected, *newer):
-            s.release(admission)
+            admission.release()
 
 
 async def test_ceiling_stops_growth_and_floor_is_one(server: RedisServer, namespace: str) -> None:
@@ -230,14 +230,14 @@ async def test_ceiling_stops_growth_and_floor_is_one(server: RedisServer, namesp
         for _ in range(5):
             batch = [await store.admit(ORIGIN, None) for _ in range(store.concurrency_limit)]
             for admission in batch:
-                await store.report(admission, Signal.SUCCESS, None)
-                store.release(admission)
+                await admission.report(Feedback(Signal.SUCCESS))
+                admission.release()
             await store.drain()
         assert store.concurrency_limit == 3
         for _ in range(4):
             admission = await store.admit(ORIGIN, None)
-            await store.report(admission, Signal.CONCURRENCY, None)
-            store.release(admission)
+            await admission.report(Feedback(Signal.CONCURRENCY))
+            admission.release()
             await store.drain()
         assert store.concurrency_limit == 1
 
@@ -262,13 +262,13 @@ async def test_a_waiter_is_woken_by_a_release_not_by_polling(
             admission = await b.admit(ORIGIN, time.monotonic() + 10)
             woke_at = time.monotonic()
             admitted.set()
-            b.release(admission)
+            admission.release()
 
         task = asyncio.create_task(wait_for_permit())
         await asyncio.sleep(0.3)
         assert not admitted.is_set()
         released_at = time.monotonic()
-        a.release(held)
+        held.release()
         await asyncio.wait_for(admitted.wait(), 1.0)
         await task
         assert woke_at - released_at < 0.1  # parked waiters re-poll only every 2 s
@@ -284,11 +284,11 @@ async def test_wait_for_release_returns_when_the_fleet_frees_a_permit(
     ):
         held = await a.admit(ORIGIN, None)
         rejected = await b.admit(ORIGIN, None)  # the one the plan limit turned away
-        b.release(rejected)
-        waiter = asyncio.create_task(b.wait_for_release(rejected, 5.0))
+        rejected.release()
+        waiter = asyncio.create_task(rejected.wait_for_release(5.0))
         await asyncio.sleep(0.1)
         started = time.monotonic()
-        a.release(held)
+        held.release()
         await asyncio.wait_for(waiter, 1.0)
         assert time.monotonic() - started < 0.2
 
@@ -304,17 +304,17 @@ async def test_a_rate_limit_closes_the_gate_for_the_whole_namespace(
         RedisStore.from_url(server.url, namespace=namespace) as b,
     ):
         admission = await a.admit(ORIGIN, None)
-        await a.report(admission, Signal.RATE, 0.4)
-        a.release(admission)
+        await admission.report(Feedback(Signal.RATE, 0.4))
+        admission.release()
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="gate"):
             await b.admit(ORIGIN, started + 0.1)
         assert time.monotonic() - started < 0.05  # fails fast, does not sleep into it
         other = await b.admit("http://other.test", None)  # gates are per origin
-        b.release(other)
+        other.release()
         admission = await b.admit(ORIGIN, None)
         assert time.monotonic() - started > 0.3
-        b.release(admission)
+        admission.release()
         assert len([e for e in logs if e.get("event") == "resilience.gate"]) == 1
 
 
@@ -327,20 +327,20 @@ async def test_pacing_after_a_rate_limit_is_shared(
     ):
         for _ in range(10):  # traffic at ~100/s: the rate the server let through
             admission = await a.admit(ORIGIN, None)
-            await a.report(admission, Signal.SUCCESS, None)
-            a.release(admission)
+            await admission.report(Feedback(Signal.SUCCESS))
+            admission.release()
             await asyncio.sleep(0.01)
         await a.drain()
         admission = await a.admit(ORIGIN, None)
-        await a.report(admission, Signal.RATE, 0.0)
-        a.release(admission)
+        await admission.report(Feedback(Signal.RATE, 0.0))
+        admission.release()
         rate = float(await raw.hget(f"resilience:{{{namespace}}}:rate:{ORIGIN}", "rate") or 0)
         assert 20 <= rate <= 150  # cut to 70 % of it
         started = time.monotonic()
         for n in range(8):
             store = a if n % 2 else b
             admission = await store.admit(ORIGIN, None)
-            store.release(admission)
+            admission.release()
         # Eight sends from two processes are spaced by one pace, not bursted.
         assert time.monotonic() - started >= 0.8 * 7 / rate
 
@@ -369,7 +369,7 @@ async def test_namespaces_never_see_each_other(server: RedisServer, raw: Redis) 
         RedisStore.from_url(server.url, namespace=two, max_concurrency=1) as b,
     ):
         held = await a.admit(ORIGIN, None)
-        await a.report(held, Signal.RATE, 5.0)  # closes one's gate only
+        await held.report(Feedback(Signal.RATE, 5.0))  # closes one's gate only
         other = await b.admit(ORIGIN, time.monotonic() + 0.5)
         with pytest.raises(DeadlineExceeded):
             await a.admit(ORIGIN, time.monotonic() + 0.2)
@@ -379,8 +379,8 @@ async def test_namespaces_never_see_each_other(server: RedisServer, raw: Redis) 
         for key in ours:
             # One hash tag per namespace: every key of a namespace lands in one cluster slot.
             assert key[key.index("{") + 1 : key.index("}")] in (one, two)
-        a.release(held)
-        b.release(other)
+        held.release()
+        other.release()
 
 
 async def test_script_flush_and_a_fresh_connection_are_survived(
@@ -388,14 +388,14 @@ async def test_script_flush_and_a_fresh_connection_are_survived(
 ) -> None:
     async with RedisStore.from_url(server.url, namespace=namespace) as store:
         admission = await store.admit(ORIGIN, None)
-        store.release(admission)
+        admission.release()
         await store.drain()
         await raw.script_flush()
         await raw.client_kill_filter(_type="normal", skipme=True)
         for _ in range(3):
             admission = await store.admit(ORIGIN, None)
-            await store.report(admission, Signal.CONCURRENCY, None)
-            store.release(admission)
+            await admission.report(Feedback(Signal.CONCURRENCY))
+            admission.release()
         await store.drain()
         stats = store.stats()
         assert stats.mode == "redis"
@@ -451,9 +451,9 @@ async def test_a_lease_is_renewed_while_its_request_is_in_flight(
         assert await permits(raw, namespace) == 1
         with pytest.raises(DeadlineExceeded):
             await b.admit(ORIGIN, time.monotonic() + 0.3)
-        a.release(held)
+        held.release()
         admission = await b.admit(ORIGIN, time.monotonic() + 1)
-        b.release(admission)
+        admission.release()
 
 
 def _holder(url: str, namespace: str, *, permits: int, lease_ttl: float) -> subprocess.Popen[bytes]:
@@ -483,7 +483,7 @@ async def test_a_killed_process_permits_come_back_within_the_ttl(
             got = [await store.admit(ORIGIN, killed_at + 5) for _ in range(2)]
             assert time.monotonic() - killed_at < ttl + 0.5
             for admission in got:
-                store.release(admission)
+                admission.release()
     finally:
         proc.kill()
         proc.wait(5)
@@ -592,14 +592,14 @@ async def test_a_hung_redis_costs_one_timeout_then_local_limits(
             srv.url, namespace="hang", redis_timeout=0.2, probe_max_delay=0.2
         )
         admission = await store.admit(ORIGIN, None)
-        store.release(admission)
+        admission.release()
         await store.drain()
         srv.pause()
         try:
             started = time.monotonic()
             admission = await store.admit(ORIGIN, None)
             assert time.monotonic() - started < 0.5
-            store.release(admission)
+            admission.release()
             assert store.stats().mode == "local"
         finally:
             srv.resume()
@@ -619,7 +619,7 @@ async def test_a_fallback_splits_the_last_limit_across_the_live_workers(
             RedisStore.from_url(srv.url, **settings) as b,
         ):
             for store in (a, b, a):  # a's second visit sees b registered
-                store.release(await store.admit(ORIGIN, None))
+                (await store.admit(ORIGIN, None)).release()
                 await store.drain()
             srv.kill()
             held = [await a.admit(ORIGIN, None) for _ in range(4)]
@@ -628,7 +628,7 @@ async def test_a_fallback_splits_the_last_limit_across_the_live_workers(
             with pytest.raises(DeadlineExceeded):
                 await a.admit(ORIGIN, time.monotonic() + 0.1)  # bounded, never unlimited
             for admission in held:
-                a.release(admission)
+                admission.release()
     (event,) = store_events(logs, "fallback")
     assert event["limit"] == 4
     assert event["workers"] == 2
@@ -683,7 +683,7 @@ async def test_rediss_works(namespace: str) -> None:
             srv.url, namespace=namespace, connection_options={"ssl_ca_certs": str(srv.ca_file)}
         ) as store:
             admission = await store.admit(ORIGIN, None)
-            store.release(admission)
+            admission.release()
             await store.drain()
             assert store.stats().mode == "redis"
 
@@ -716,7 +716,7 @@ async def test_a_script_that_counts_is_not_repeated_on_a_dropped_connection(
     server: RedisServer, namespace: str
 ) -> None:
     async with RedisStore.from_url(server.url, namespace=namespace) as store:
-        store.release(await store.admit(ORIGIN, None))
+        (await store.admit(ORIGIN, None)).release()
         await store.drain()
         calls = 0
 
@@ -747,7 +747,7 @@ def test_a_fallback_rejoins_on_a_new_loop_and_after_aclose() -> None:
         store = RedisStore.from_url(srv.url, namespace="rejoin", probe_max_delay=0.2)
 
         async def one() -> None:
-            store.release(await store.admit(ORIGIN, None))
+            (await store.admit(ORIGIN, None)).release()
             await store.drain()
 
         async def until_shared() -> None:
@@ -781,7 +781,7 @@ async def test_aclose_with_redis_down_stops_everything() -> None:
     with RedisServer() as srv:
         store = RedisStore.from_url(srv.url, namespace="closing", probe_max_delay=0.2)
         admission = await store.admit(ORIGIN, None)
-        await store.report(admission, Signal.SUCCESS, None)
+        await admission.report(Feedback(Signal.SUCCESS))
         srv.kill()
         await store.aclose()
         await asyncio.sleep(0.3)
@@ -790,9 +790,9 @@ async def test_aclose_with_redis_down_stops_everything() -> None:
         trips = store.stats().round_trips
         assert "probe" not in trips
         assert getattr(
-            admission.permit, "released", False
+            getattr(admission, "lease", None), "released", False
         )  # returned by aclose: release() is a no-op
-        store.release(admission)
+        admission.release()
         await asyncio.sleep(0.05)
         assert store._link_ is None
         assert store.stats().round_trips == trips
@@ -804,19 +804,19 @@ def test_a_paced_origin_stalls_no_other_and_no_new_loop(server: RedisServer) -> 
 
     async def first_loop() -> None:
         admission = await store.admit(ORIGIN, None)
-        await store.report(admission, Signal.RATE, 0.0)  # paced from now on
-        store.release(admission)
-        store.release(await store.admit(ORIGIN, None))  # learns it: a turn per process
+        await admission.report(Feedback(Signal.RATE, 0.0))  # paced from now on
+        admission.release()
+        (await store.admit(ORIGIN, None)).release()  # learns it: a turn per process
         turn = store._turns[ORIGIN]
         await turn.acquire()  # a long turn: every sender to ORIGIN queues behind it
 
         async def send() -> None:
-            store.release(await store.admit(ORIGIN, None))
+            (await store.admit(ORIGIN, None)).release()
 
         senders = [asyncio.create_task(send()) for _ in range(10)]
         await asyncio.sleep(0.05)
         started = time.monotonic()
-        store.release(await store.admit(other, time.monotonic() + 0.5))
+        (await store.admit(other, time.monotonic() + 0.5)).release()
         assert time.monotonic() - started < 0.25
         for task in senders:
             task.cancel()
@@ -824,7 +824,7 @@ def test_a_paced_origin_stalls_no_other_and_no_new_loop(server: RedisServer) -> 
         # the loop ends with the turn still taken
 
     async def second_loop() -> None:
-        store.release(await store.admit(ORIGIN, time.monotonic() + 1.0))
+        (await store.admit(ORIGIN, time.monotonic() + 1.0)).release()
         await store.aclose()
 
     asyncio.run(first_loop())
@@ -835,14 +835,14 @@ async def test_a_redis_that_answers_ping_but_refuses_scripts_stays_down(
     server: RedisServer, raw: Redis, namespace: str
 ) -> None:
     async with RedisStore.from_url(server.url, namespace=namespace, probe_max_delay=0.1) as store:
-        store.release(await store.admit(ORIGIN, None))
+        (await store.admit(ORIGIN, None)).release()
         await store.drain()
         await raw.config_set("maxmemory-policy", "noeviction")
         await raw.config_set("maxmemory", 1)
         try:
             until = time.monotonic() + 0.8
             while time.monotonic() < until:
-                store.release(await store.admit(ORIGIN, None))
+                (await store.admit(ORIGIN, None)).release()
                 await asyncio.sleep(0.01)
             stats = store.stats()
         finally:
@@ -855,7 +855,7 @@ async def test_a_redis_that_rejoins_and_fails_again_is_probed_with_backoff(
     server: RedisServer, namespace: str
 ) -> None:
     async with RedisStore.from_url(server.url, namespace=namespace) as store:
-        store.release(await store.admit(ORIGIN, None))
+        (await store.admit(ORIGIN, None)).release()
         await store.drain()
 
         async def refused(**_: Any) -> Any:
@@ -864,7 +864,7 @@ async def test_a_redis_that_rejoins_and_fails_again_is_probed_with_backoff(
         store._link().acquire = refused  # type: ignore[assignment]
         until = time.monotonic() + 1.0
         while time.monotonic() < until:
-            store.release(await store.admit(ORIGIN, None))
+            (await store.admit(ORIGIN, None)).release()
             await asyncio.sleep(0.01)
         # backing off 0.05, 0.1, 0.2, 0.4 s (halved by jitter at most): not every 50 ms
         assert store.stats().rejoins <= 7

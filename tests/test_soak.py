@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from resilience import ATTEMPT_EVENT, Backoff, ResilienceMiddleware
 from resilience._concurrency import ConcurrencyPermit
-from resilience._store import Admission, LocalStore
+from resilience._store import LocalStore, _LocalAdmission
 from resilience.testing import FATAL_CODES, TRANSIENT_CODES, Emulator, EmulatorStats, Fault
 from tests.soak_workload import MIXED_FAULTS, Result, lost, run
 
@@ -148,6 +148,8 @@ async def test_soak_short() -> None:
     assert len(store._pacers) == 1
     gc.collect()
     leftovers = Counter(
-        type(o).__name__ for o in gc.get_objects() if isinstance(o, (ConcurrencyPermit, Admission))
+        type(o).__name__
+        for o in gc.get_objects()
+        if isinstance(o, (ConcurrencyPermit, _LocalAdmission))
     )
     assert leftovers == Counter()
