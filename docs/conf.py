@@ -37,7 +37,7 @@ autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = True
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 
 # Every cross-reference must resolve (``-n``). Types from other libraries have no inventory here
 # (no network at build time, so no intersphinx): those, and only those, are exempt.

@@ -11,7 +11,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   $sudo_ apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+# The docs extra (tests/run.sh installs it with the test extra).
+python3 -c 'import sphinx, myst_parser, furo' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check -e '.[docs]'
 
 site=docs/_build/html
 python3 -m sphinx -W --keep-going -n -E -q -b html docs "$site"
