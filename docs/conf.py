@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.ext.napoleon import Config
 from sphinx.ext.napoleon.docstring import GoogleDocstring
+from sphinx.util.docutils import SphinxDirective
 
 import resilience
 
@@ -72,5 +74,34 @@ def _google_sections(
 _NAPOLEON = Config(napoleon_google_docstring=True, napoleon_numpy_docstring=False)
 
 
+class CodeTableDirective(SphinxDirective):
+    """``{resilience-codes}``: the built-in code table as the package ships it (codes.json).
+
+    The text is parsed as the page's own markup (Markdown on these MyST pages): a pipe table.
+    """
+
+    def run(self) -> list[nodes.Node]:
+        lines = [
+            "| code | status | domain | retryable | handling | message |",
+            "|---|---|---|---|---|---|",
+        ]
+        for spec in sorted(resilience.CodeTable.default().values(), key=_by_status):
+            cells = (
+                f"`{spec.code}`",
+                str(spec.status),
+                spec.domain,
+                "yes" if spec.retryable else "no",
+                f"`{spec.how.value}`",
+                (spec.message or "").replace("|", "\\|"),
+            )
+            lines.append("| " + " | ".join(cells) + " |")
+        return self.parse_text_to_nodes("\n".join(lines))
+
+
+def _by_status(spec: resilience.ErrorSpec) -> tuple[int, str]:
+    return spec.status, spec.code
+
+
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-docstring", _google_sections)
+    app.add_directive("resilience-codes", CodeTableDirective)

@@ -38,6 +38,7 @@ from sybil import Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
 import resilience
+from resilience import CodeTable
 from resilience.testing import Emulator
 from tests.redis_server import RedisServer
 
@@ -288,3 +289,6 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "html" / "index.html").is_file()
     assert (tmp_path / "html" / "reference" / "api.html").is_file()
+    codes_page = (tmp_path / "html" / "reference" / "codes.html").read_text(encoding="utf-8")
+    missing = [code for code in CodeTable.default() if f">{code}<" not in codes_page]
+    assert not missing, f"the error-code page lacks {missing}"
