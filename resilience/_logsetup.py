@@ -24,7 +24,10 @@ def configure_logging(
 
     Only resilience's own logger is routed; ``structlog.configure()`` and the application's
     loggers are left alone. ``level="debug"`` also logs first-attempt successes. Returns a
-    function that undoes the routing (and closes the file it opened).
+    function that undoes this configuration only (and closes the file it opened): calls stack,
+    the latest one still in place receives the events. A sink that fails (a closed file, a
+    closed stdout pipe) never changes a request's outcome: the failure is reported once on
+    stderr and the events are dropped.
     """
     if level not in _LEVELS:
         raise ValueError(f"level must be one of {sorted(_LEVELS)}, got {level!r}")
@@ -45,10 +48,10 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
     )
-    _events.set_logger(logger)
+    remove = _events.push_logger(logger)
 
     def undo() -> None:
-        _events.set_logger(None)
+        remove()
         if opened is not None:
             opened.close()
 
