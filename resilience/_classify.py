@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = ["Verdict", "classify_response", "parse_retry_after", "read_envelope"]
 HUGE_RETRY_AFTER: Final = 1e12  # seconds; what an absurd Retry-After is read as
 _DIGITS: Final = re.compile(r"^\s*[0-9]+\s*$")
 _MS: Final = re.compile(r"^\s*[0-9]+(\.[0-9]+)?\s*$")
+_MAX_DIGITS: Final = 15  # integer digits kept: 10**15 ms is 30,000 years
 _SERVER_ID_HEADERS: Final = ("X-Request-ID", "Request-Id", "X-Amzn-RequestId")
 
 
@@ -51,14 +53,12 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     """
     raw_ms = headers.get("Retry-After-Ms")
     if raw_ms is not None and _MS.match(raw_ms):
-        return min(float(raw_ms.strip()[:20]) / 1000.0, HUGE_RETRY_AFTER)
+        return min(_bounded_number(raw_ms) / 1000.0, HUGE_RETRY_AFTER)
     raw = headers.get("Retry-After")
     if raw is None:
         return None
     if _DIGITS.match(raw):
-        digits = raw.strip()
-        # A huge value is still a (very long) wait: past any deadline, never an overflow.
-        return HUGE_RETRY_AFTER if len(digits) > 12 else min(float(digits), HUGE_RETRY_AFTER)
+        return min(_bounded_number(raw), HUGE_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -67,6 +67,20 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
         when = when.replace(tzinfo=timezone.utc)
     now = now or datetime.now(timezone.utc)
     return max(0.0, (when - now).total_seconds())
+
+
+def _bounded_number(text: str) -> float:
+    """A non-negative decimal (already matched) of any length, as a float.
+
+    Leading zeros are dropped before the length check, so a zero-padded value reads as itself;
+    a value with more integer digits than any real wait is infinity (a wait past any deadline,
+    never an overflow nor a slow parse of a huge integer).
+    """
+    whole, _, fraction = text.strip().partition(".")
+    whole = whole.lstrip("0")
+    if len(whole) > _MAX_DIGITS:
+        return math.inf
+    return float(f"{whole or '0'}.{fraction[:_MAX_DIGITS] or '0'}")
 
 
 def server_request_id(headers: Mapping[str, str]) -> str | None:

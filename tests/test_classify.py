@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pytest
 
 from resilience import CodeTable, Handling
-from resilience._classify import classify, parse_retry_after
+from resilience._classify import HUGE_RETRY_AFTER, classify, parse_retry_after
 
 URLLIB3_NOW = datetime(2019, 6, 3, 11, 0, 0, tzinfo=timezone.utc)
 GO_NOW = datetime(1999, 12, 31, 23, 59, 57, tzinfo=timezone.utc)
@@ -52,6 +52,29 @@ def test_retry_after_ms_wins_and_bad_ms_falls_back() -> None:
     assert parse_retry_after({"Retry-After-Ms": "250", "Retry-After": "1"}) == 0.25
     assert parse_retry_after({"Retry-After-Ms": "-5", "Retry-After": "1"}) == 1.0
     assert parse_retry_after({}) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("00000000000000000000002500", 2.5),  # zero padding longer than any cut
+        ("0000000000000000000000000000000000000000250.5", 0.2505),
+        ("000", 0.0),
+        ("2500.000000000000000000000000000000000001", 2.5),
+        ("9" * 40, HUGE_RETRY_AFTER),  # absurd: a wait past any deadline, never an overflow
+        ("9" * 5000, HUGE_RETRY_AFTER),
+    ],
+)
+def test_long_retry_after_ms_values_are_read_whole(value: str, expected: float) -> None:
+    assert parse_retry_after({"Retry-After-Ms": value}) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0000000000000000000000000002", 2.0), ("0" * 30, 0.0), ("1" + "0" * 30, HUGE_RETRY_AFTER)],
+)
+def test_long_zero_padded_retry_after_seconds_are_read_whole(value: str, expected: float) -> None:
+    assert parse_retry_after({"Retry-After": value}) == expected
 
 
 def _env(code: str) -> dict[str, object]:
