@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import unquote_plus
 
 import structlog
 from yarl import URL
@@ -18,6 +21,7 @@ __all__ = [
     "ATTEMPT_FIELDS",
     "LIMIT_EVENT",
     "Outcome",
+    "Redaction",
     "emit_attempt",
     "redact_url",
 ]
@@ -49,34 +53,120 @@ _SECRET_PARAMS: Final = (
     "key",
     "token",
     "secret",
-    "password",
-    "passwd",
+    "pass",  # password, passwd, passphrase
+    "pwd",
     "auth",
     "signature",
     "sig",
     "credential",
     "session",
+    "jwt",
+    "code",  # OAuth authorization codes (code=, auth_code=)
 )
 _REDACTED: Final = "REDACTED"
+_QUERY_SEPARATORS: Final = re.compile(r"([&;])")
 
 
-def _is_secret_param(name: str) -> bool:
-    lowered = name.lower().replace("-", "_")
-    return any(part in lowered for part in _SECRET_PARAMS)
+def _normalized(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
-def redact_url(url: URL) -> str:
-    """The URL as it may appear in logs: no userinfo, secret-looking query values replaced.
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """What is hidden from log events and ``str(ApiError)``, on top of the built-in rules.
 
-    Any parameter whose name contains ``key``, ``token``, ``secret``, ``password``, ``auth``,
-    ``signature``, ``credential`` or ``session`` is replaced, whatever its case or separator.
+    The built-in rules always apply: no userinfo, no fragment, and the value of every query
+    parameter whose name contains ``key``, ``token``, ``secret``, ``pass``, ``pwd``, ``auth``,
+    ``sig``, ``credential``, ``session``, ``jwt`` or ``code`` (any case, ``-`` or ``_``),
+    with ``&`` and ``;`` both separating parameters.
+
+    Args:
+        params: more name fragments, matched the same way (``("sid",)`` hides ``SID=`` and
+            ``user_sid=``).
+        paths: regular expressions searched in the URL's (encoded) path; each group's text,
+            or the whole match for a pattern without groups, becomes ``REDACTED``:
+            ``r"/bot([^/]+)/"`` turns ``/bot123:abc/sendMessage`` into
+            ``/botREDACTED/sendMessage``.
     """
+
+    params: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    _fragments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _patterns: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("params", "paths"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, tuple | list):
+                raise TypeError(f"Redaction.{name} must be a tuple of str, got {value!r}")
+            if not all(isinstance(item, str) and item for item in value):
+                bad = next(item for item in value if not isinstance(item, str) or not item)
+                kind = ValueError if isinstance(bad, str) else TypeError
+                raise kind(f"Redaction.{name} takes non-empty strings, got {bad!r}")
+            object.__setattr__(self, name, tuple(value))
+        patterns = []
+        for pattern in self.paths:
+            try:
+                patterns.append(re.compile(pattern))
+            except re.error as exc:
+                raise ValueError(f"Redaction.paths: bad pattern {pattern!r}: {exc}") from None
+        object.__setattr__(
+            self, "_fragments", _SECRET_PARAMS + tuple(_normalized(p) for p in self.params)
+        )
+        object.__setattr__(self, "_patterns", tuple(patterns))
+
+    def is_secret(self, name: str) -> bool:
+        """Is a query parameter of this (decoded) name hidden?"""
+        lowered = _normalized(name)
+        return any(part in lowered for part in self._fragments)
+
+    def redact_path(self, path: str) -> str:
+        for pattern in self._patterns:
+            path = pattern.sub(_redact_match, path)
+        return path
+
+    def redact_query(self, raw: str) -> str:
+        """An encoded query string with each secret parameter's value replaced."""
+        parts = _QUERY_SEPARATORS.split(raw)
+        for i in range(0, len(parts), 2):  # odd indexes are the separators themselves
+            name, eq, _ = parts[i].partition("=")
+            if eq and self.is_secret(unquote_plus(name)):
+                parts[i] = f"{name}={_REDACTED}"
+        return "".join(parts)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    if match.re.groups == 0:
+        return _REDACTED
+    text, start = match.group(0), match.start(0)
+    out, pos = [], 0
+    for group in range(1, match.re.groups + 1):
+        begin, end = match.span(group)
+        if begin < 0 or begin < pos + start:  # unmatched or nested group
+            continue
+        out += [text[pos : begin - start], _REDACTED]
+        pos = end - start
+    return "".join(out) + text[pos:]
+
+
+DEFAULT_REDACTION: Final = Redaction()
+
+
+def redact_url(url: URL, redaction: Redaction = DEFAULT_REDACTION) -> str:
+    """The URL as it may appear in logs, by ``redaction``'s rules (see :class:`Redaction`)."""
     if url.user is not None or url.password is not None:
         url = url.with_user(None)
-    if url.query_string:
-        query = [(k, _REDACTED if _is_secret_param(k) else v) for k, v in url.query.items()]
-        url = url.with_query(query)
-    return str(url.with_fragment(None))
+    raw_query = url.raw_query_string
+    text = str(url.with_query(None).with_fragment(None))
+    if redaction._patterns:
+        path = url.raw_path
+        if text.endswith(path):
+            text = text[: len(text) - len(path)] + redaction.redact_path(path)
+        else:  # no path at all ("http://h"): nothing to redact in it
+            text = redaction.redact_path(text)
+    if raw_query:
+        text = f"{text}?{redaction.redact_query(raw_query)}"
+    return text
 
 
 _app_logger: Final = structlog.get_logger("resilience")

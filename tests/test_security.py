@@ -29,7 +29,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from resilience import ApiError, DeadlineExceeded
-from resilience._events import redact_url
+from resilience._events import Redaction, redact_url
 from resilience.testing import Emulator, Fault
 from tests.conftest import (
     MB,
@@ -106,6 +106,59 @@ def test_redact_url_hides_every_secret_parameter_and_userinfo(
 def test_redact_url_sees_through_percent_encoded_names() -> None:
     url = URL("https://h/x?api%5Fkey=S3CR3T1&to%6Ben=S3CR3T2&X-Amz-Signature=S3CR3T3", encoded=True)
     assert "S3CR3T" not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "a=1;token=S3CR3T",  # semicolon-separated parameters (W3C's old form recommendation)
+        "a=1&b=2;api_key=S3CR3T&c=3",
+        "jwt=S3CR3T",
+        "id_jwt=S3CR3T",
+        "pwd=S3CR3T",
+        "pass=S3CR3T",
+        "passphrase=S3CR3T",
+        "code=S3CR3T",  # an OAuth authorization code
+        "auth_code=S3CR3T&state=keep",
+        "Token=S3CR3T;Token=S3CR3T",
+        "x%3Btoken=S3CR3T",  # an encoded ';' in a name is still one name
+    ],
+)
+def test_redact_url_hides_secrets_behind_semicolons_and_more_names(query: str) -> None:
+    redacted = redact_url(URL(f"https://h/v1/x?{query}", encoded=True))
+    assert "S3CR3T" not in redacted
+    assert redacted.startswith("https://h/v1/x?")
+
+
+def test_redact_url_keeps_harmless_parameters_and_separators() -> None:
+    url = URL("https://h/v1/x?a=1;token=S3CR3T&voice=calm;b", encoded=True)
+    assert redact_url(url) == "https://h/v1/x?a=1;token=REDACTED&voice=calm;b"
+
+
+def test_redaction_takes_user_names_and_path_patterns() -> None:
+    """Names added to the built-in fragments; path patterns replace their groups (or their
+    whole match): a Telegram-style ``/bot<token>/`` never reaches the logs."""
+    rules = Redaction(params=("sid", "X-Custom"), paths=(r"/bot([^/]+)/", r"(?<=/keys/)[^/]+"))
+    url = URL("https://h/bot123:S3CR3T-A/sendMessage/keys/S3CR3T-B?SID=S3CR3T-C&x_custom=S3CR3T-D")
+    redacted = redact_url(url, rules)
+    assert "S3CR3T" not in redacted
+    assert redacted == ("https://h/botREDACTED/sendMessage/keys/REDACTED?SID=REDACTED&x_custom=REDACTED")
+    assert "S3CR3T-A" in redact_url(url)  # not a built-in rule: only where it is asked for
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"params": "sid"}, TypeError),  # a bare string would be read as letters
+        ({"params": ("",)}, ValueError),
+        ({"params": (3,)}, TypeError),
+        ({"paths": ("(",)}, ValueError),
+        ({"paths": "/bot"}, TypeError),
+    ],
+)
+def test_bad_redaction_settings_are_rejected(kwargs: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        Redaction(**kwargs)  # type: ignore[arg-type]
 
 
 SECRETS = {
