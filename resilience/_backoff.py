@@ -9,6 +9,8 @@ from typing import Final, Literal
 
 import backoff
 
+from ._validate import integer, number, show
+
 __all__ = ["Backoff", "Jitter", "Schedule", "ScheduleStep"]
 
 Jitter = Literal["full", "equal", "none"]
@@ -30,6 +32,7 @@ _JITTER_FUNCS: Final[dict[str, Callable[[float], float]]] = {
     "none": _no_jitter,
 }
 _LOWER_FRACTION: Final = {"full": 0.0, "equal": 0.5, "none": 1.0}
+MAX_PREVIEW: Final = 10_000  # retries a preview shows at most; more is a typo, not a plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +89,15 @@ class Backoff:
     _jitter_func: Callable[[float], float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("initial", "multiplier", "max_delay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"Backoff.{name} must be a number, got {value!r}")
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"Backoff.{name} must be finite, got {value!r}")
-        if self.initial < 0:
-            raise ValueError(f"Backoff.initial must be >= 0, got {self.initial!r}")
-        if self.multiplier < 1:
-            raise ValueError(f"Backoff.multiplier must be >= 1, got {self.multiplier!r}")
+        number("Backoff.initial", self.initial, low=0)
+        number("Backoff.multiplier", self.multiplier, low=1)
+        number("Backoff.max_delay", self.max_delay, low=0)
         if self.max_delay < self.initial:
             raise ValueError(
                 f"Backoff.max_delay ({self.max_delay!r}) must be >= initial ({self.initial!r})"
             )
+        if not isinstance(self.jitter, str):
+            raise TypeError(f"Backoff.jitter must be a str, got {show(self.jitter)}")
         if self.jitter not in _JITTERS:
             raise ValueError(f"Backoff.jitter must be one of {_JITTERS}, got {self.jitter!r}")
         object.__setattr__(self, "_jitter_func", _JITTER_FUNCS[self.jitter])
@@ -112,7 +110,14 @@ class Backoff:
         gen = backoff.expo(base=self.multiplier, factor=self.initial, max_value=self.max_delay)
         gen.send(None)  # backoff's generators yield a bare None first
         for value in gen:
-            yield min(float(value), self.max_delay)
+            value = min(float(value), self.max_delay)
+            yield value
+            # expo computes multiplier**n before comparing with max_value, which overflows a
+            # float long before n stops growing: once the next step would reach the cap, stay.
+            if value * self.multiplier >= self.max_delay:
+                break
+        while True:
+            yield float(self.max_delay)
 
     def delays(self) -> Iterator[float]:
         """The jittered waits, one per retry, forever."""
@@ -125,8 +130,7 @@ class Backoff:
 
         ``print(Backoff(initial=0.5).preview(4))`` shows it as a table.
         """
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
+        integer("retries", retries, low=0, high=MAX_PREVIEW)
         lower = _LOWER_FRACTION[self.jitter]
         steps = []
         for n, nominal in zip(range(1, retries + 1), self.nominal_delays(), strict=False):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._pacing import Clock
+from ._validate import number
 
 __all__ = ["DEFAULT_RETRY_BUDGET", "RetryBudget", "RetryBudgetSettings"]
 
@@ -26,12 +27,9 @@ class RetryBudgetSettings:
     ttl: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ratio <= 1000:
-            raise ValueError(f"RetryBudgetSettings.ratio must be in [0, 1000], got {self.ratio!r}")
-        if self.min_per_second < 0:
-            raise ValueError("RetryBudgetSettings.min_per_second must be >= 0")
-        if not 1 <= self.ttl <= 60:
-            raise ValueError("RetryBudgetSettings.ttl must be in [1, 60] seconds")
+        number("RetryBudgetSettings.ratio", self.ratio, low=0, high=1000)
+        number("RetryBudgetSettings.min_per_second", self.min_per_second, low=0, high=1e9)
+        number("RetryBudgetSettings.ttl", self.ttl, low=1, high=60)
 
 
 DEFAULT_RETRY_BUDGET: Final = RetryBudgetSettings()

@@ -14,7 +14,7 @@ from typing import Any, Final
 import aiohttp
 
 from . import _aiohttp_compat as compat
-from ._codes import STATUS_FALLBACK, CodeTable, ErrorSpec, Handling
+from ._codes import MAX_CODE_LENGTH, STATUS_FALLBACK, CodeTable, ErrorSpec, Handling
 
 __all__ = ["Verdict", "classify_response", "parse_retry_after", "read_envelope"]
 
@@ -129,7 +129,7 @@ def classify(
         return Handling.OK, None, None, False
     code = envelope.get("code") if envelope else None
     detail = envelope.get("detail") or envelope.get("error") if envelope else None
-    code = code[:100] if isinstance(code, str) and code else None  # server text: bounded
+    code = code[:MAX_CODE_LENGTH] if isinstance(code, str) and code else None  # bounded
     detail = str(detail)[:500] if detail is not None else None
     spec: ErrorSpec | None = table.get(code) if code else None
     if spec is not None:

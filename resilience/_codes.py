@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Final
 
-__all__ = ["CodeTable", "ErrorSpec", "Handling", "STATUS_FALLBACK"]
+from ._validate import boolean, integer, show
+
+__all__ = ["CodeTable", "ErrorSpec", "Handling", "MAX_CODE_LENGTH", "STATUS_FALLBACK"]
+
+MAX_CODE_LENGTH: Final = 100  # envelope codes are cut to this before the lookup (_classify)
+_CODE: Final = re.compile(rf"[^\s]{{1,{MAX_CODE_LENGTH}}}")
 
 
 class Handling(str, enum.Enum):
@@ -66,10 +72,25 @@ class ErrorSpec:
     handling: Handling | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if not self.code:
-            raise ValueError("ErrorSpec.code must not be empty")
+        if not isinstance(self.code, str):
+            raise TypeError(f"ErrorSpec.code must be a str, got {show(self.code)}")
+        if not _CODE.fullmatch(self.code):
+            raise ValueError(
+                f"ErrorSpec.code must be 1 to {MAX_CODE_LENGTH} characters without spaces "
+                f"(longer envelope codes are cut before lookup), got {show(self.code)}"
+            )
+        integer("ErrorSpec.status", self.status)
         if not 100 <= self.status <= 599:
             raise ValueError(f"ErrorSpec.status must be an HTTP status, got {self.status!r}")
+        boolean("ErrorSpec.retryable", self.retryable)
+        for name in ("message", "domain"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"ErrorSpec.{name} must be a str, got {show(getattr(self, name))}")
+        if self.handling is not None and not isinstance(self.handling, Handling):
+            raise TypeError(
+                f"ErrorSpec.handling must be a Handling or None, got {show(self.handling)} "
+                "(e.g. Handling.TRANSIENT)"
+            )
         expected = self.handling
         if expected is None:
             expected = _SPECIAL.get(self.code) if self.retryable else None
@@ -119,19 +140,21 @@ class CodeTable(Mapping[str, ErrorSpec]):
         specs = []
         for row in rows:
             if not isinstance(row, dict):
-                raise ValueError(f"a code table row must be an object, got {row!r}")
+                raise ValueError(f"a code table row must be an object, got {show(row)}")
             try:
                 specs.append(
                     ErrorSpec(
-                        code=str(row["code"]),
-                        status=int(row["status"]),
-                        retryable=bool(row["retryable"]),
-                        message=str(row.get("message", "")),
-                        domain=str(row.get("domain", "common")),
+                        code=row["code"],
+                        status=row["status"],
+                        retryable=row["retryable"],
+                        message=row.get("message", ""),
+                        domain=row.get("domain", "common"),
                     )
                 )
             except KeyError as exc:
-                raise ValueError(f"code table row {row!r} lacks {exc.args[0]!r}") from None
+                raise ValueError(f"code table row {show(row)} lacks {exc.args[0]!r}") from None
+            except (TypeError, ValueError) as exc:  # JSON gives no types: wrong ones are values
+                raise ValueError(f"code table row {show(row)}: {exc}") from None
         return cls(specs)
 
     def with_overrides(self, *specs: ErrorSpec, **retryable: bool) -> CodeTable:
@@ -141,8 +164,13 @@ class CodeTable(Mapping[str, ErrorSpec]):
         """
         merged = dict(self._specs)
         for spec in specs:
+            if not isinstance(spec, ErrorSpec):
+                raise TypeError(
+                    f"with_overrides takes ErrorSpec rows and code=bool flags, got {show(spec)}"
+                )
             merged[spec.code] = spec
         for code, flag in retryable.items():
+            boolean(code, flag)
             base = merged.get(code)
             if base is None:
                 raise KeyError(f"unknown code {code!r}; pass an ErrorSpec to add one")

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from itertools import islice
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +65,68 @@ def test_bad_settings_raise_value_error(kwargs: dict[str, object], message: str)
 def test_non_numbers_raise_type_error() -> None:
     with pytest.raises(TypeError):
         Backoff(initial="1")  # type: ignore[arg-type]
+
+
+def test_a_huge_multiplier_reaches_max_delay_without_overflow() -> None:
+    """``initial * multiplier**n`` overflows a float on the third poll; the schedule must
+    reach ``max_delay`` and stay there instead of raising OverflowError."""
+    schedule = Backoff(initial=1, multiplier=1e200, max_delay=1e300, jitter="none")
+    assert list(islice(schedule.delays(), 6)) == [1, 1e200, 1e300, 1e300, 1e300, 1e300]
+    steps = schedule.preview(10).steps
+    assert [s.nominal for s in steps][-1] == 1e300
+    assert Backoff(initial=1e308, multiplier=10, max_delay=1.5e308).preview(3).worst_case_total
+
+
+def test_cli_backoff_with_a_huge_multiplier_prints_no_traceback() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resilience",
+            "backoff",
+            "--initial",
+            "1",
+            "--multiplier",
+            "1e200",
+            "--max-delay",
+            "1e300",
+            "--retries",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 2), proc.stderr  # 2: the cli extra is missing
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"initial": float("nan")}, ValueError),
+        ({"max_delay": float("inf")}, ValueError),
+        ({"multiplier": 10**400}, ValueError),  # an int no float can hold
+        ({"initial": True}, TypeError),
+        ({"initial": "1"}, TypeError),
+        ({"jitter": "Full"}, ValueError),
+        ({"jitter": ["full"]}, TypeError),
+        ({"multiplier": 0.5}, ValueError),
+    ],
+)
+def test_bad_backoff_settings_fail_at_construction(
+    kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("retries", "error"),
+    [(-1, ValueError), (1.5, TypeError), (True, TypeError), (10**9, ValueError)],
+)
+def test_bad_preview_lengths_are_rejected(retries: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Backoff().preview(retries)  # type: ignore[arg-type]

@@ -69,3 +69,54 @@ def test_bad_specs_are_rejected() -> None:
         ErrorSpec("X", 503, retryable=False, handling=Handling.TRANSIENT)
     with pytest.raises(TypeError):
         CodeTable([{"code": "X"}])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"code": "X", "status": 503, "retryable": "false"},  # a string is not a flag
+        {"code": "X", "status": 503, "retryable": 0},
+        {"code": "X", "status": "503", "retryable": True},
+        {"code": "X", "status": 503.5, "retryable": True},
+        {"code": "X", "status": True, "retryable": True},
+        {"code": 123, "status": 503, "retryable": True},
+        {"code": "", "status": 503, "retryable": True},
+        {"code": "X", "status": 503, "retryable": True, "message": 7},
+        {"code": "X", "status": 503, "retryable": True, "domain": None},
+        {"code": "X" * 101, "status": 503, "retryable": True},  # longer than any envelope code
+    ],
+)
+def test_from_json_rejects_rows_of_the_wrong_types(row: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="code table row"):
+        CodeTable.from_json(json.dumps([row]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"code": 123}, TypeError),
+        ({"code": " X"}, ValueError),
+        ({"status": "503"}, TypeError),
+        ({"status": True}, TypeError),
+        ({"retryable": "yes"}, TypeError),
+        ({"message": None}, TypeError),
+        ({"domain": 1}, TypeError),
+        ({"handling": "transient"}, TypeError),
+    ],
+)
+def test_error_spec_checks_every_field_at_construction(
+    kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    fields: dict[str, object] = {"code": "X", "status": 503, "retryable": True, **kwargs}
+    with pytest.raises(error):
+        ErrorSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_with_overrides_checks_its_arguments() -> None:
+    table = CodeTable.default()
+    with pytest.raises(TypeError, match="ErrorSpec"):
+        table.with_overrides("X")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RATE_LIMITED"):
+        table.with_overrides(RATE_LIMITED="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RATE_LIMITED"):
+        table.with_overrides(RATE_LIMITED=1)  # type: ignore[arg-type]

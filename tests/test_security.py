@@ -142,7 +142,9 @@ def test_redaction_takes_user_names_and_path_patterns() -> None:
     url = URL("https://h/bot123:S3CR3T-A/sendMessage/keys/S3CR3T-B?SID=S3CR3T-C&x_custom=S3CR3T-D")
     redacted = redact_url(url, rules)
     assert "S3CR3T" not in redacted
-    assert redacted == ("https://h/botREDACTED/sendMessage/keys/REDACTED?SID=REDACTED&x_custom=REDACTED")
+    assert redacted == (
+        "https://h/botREDACTED/sendMessage/keys/REDACTED?SID=REDACTED&x_custom=REDACTED"
+    )
     assert "S3CR3T-A" in redact_url(url)  # not a built-in rule: only where it is asked for
 
 

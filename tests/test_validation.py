@@ -1,0 +1,180 @@
+"""Every public constructor checks every setting when it is built: type, finiteness, range and
+syntax. An odd value either raises ``TypeError``/``ValueError`` at once, or builds an object that
+works; nothing is accepted that fails later or silently switches a feature off."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resilience import Backoff, CodeTable, ErrorSpec, Handling, LocalStore, RetryBudgetSettings
+
+NAN, INF = float("nan"), float("inf")
+
+# Values a hurried user (or a config file read without schema) might pass anywhere.
+ODD: st.SearchStrategy[object] = st.one_of(
+    st.sampled_from(
+        [
+            *(NAN, INF, -INF, -1, -1.5, 0, 0.0, 0.5, 1, 1.5, 3, 1e300, 10**400, -(10**400)),
+            *(True, False, None, "", "x", "1", "false", "transient", b"1", (), [], {}),
+            *("X-Id\r\nInjected: 1", "Bad Header", 123),
+        ]
+    ),
+    st.floats(),
+    st.integers(),
+    st.text(max_size=4),
+)
+
+
+def _finite(*values: object) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+
+
+def _backoff_works(b: Backoff) -> None:
+    assert _finite(b.initial, b.multiplier, b.max_delay)
+    for value in islice(b.delays(), 64):
+        assert 0 <= value <= b.max_delay
+    assert math.isfinite(b.preview(64).worst_case_total)
+
+
+def _spec_works(spec: ErrorSpec) -> None:
+    assert isinstance(spec.code, str)
+    assert isinstance(spec.status, int)
+    assert not isinstance(spec.status, bool)
+    assert isinstance(spec.retryable, bool)
+    assert isinstance(spec.how, Handling)
+    assert isinstance(spec.message, str)
+    assert isinstance(spec.domain, str)
+    assert CodeTable([spec])[spec.code] is spec
+
+
+def _table_works(table: CodeTable) -> None:
+    for spec in table.values():
+        _spec_works(spec)
+
+
+def _budget_works(budget: RetryBudgetSettings) -> None:
+    assert _finite(budget.ratio, budget.min_per_second, budget.ttl)
+    local = LocalStore(retry_budget=budget).budget
+    assert local is not None
+    assert math.isfinite(local.balance)  # a nan balance would allow every retry: budget off
+
+
+def _row(**changes: object) -> str:
+    row: dict[str, object] = {"code": "X", "status": 503, "retryable": True, **changes}
+    return json.dumps([row])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One public constructor with one setting replaced by an odd value."""
+
+    name: str
+    build: Callable[[object], Any]
+    works: Callable[[Any], None]
+
+
+def _backoff(field: str, value: Any) -> Backoff:
+    return Backoff(**{field: value})
+
+
+def _spec(field: str, value: Any) -> ErrorSpec:
+    return ErrorSpec(**{"code": "X", "status": 503, "retryable": True, field: value})
+
+
+def _from_json(field: str, value: Any) -> CodeTable:
+    return CodeTable.from_json(_row(**{field: value}))
+
+
+def _budget(field: str, value: Any) -> RetryBudgetSettings:
+    return RetryBudgetSettings(**{field: value})
+
+
+def _flag_override(value: Any) -> CodeTable:
+    return CodeTable.default().with_overrides(RATE_LIMITED=value)
+
+
+def _spec_override(value: Any) -> CodeTable:
+    return CodeTable.default().with_overrides(value)
+
+
+def _preview(value: Any) -> object:
+    return Backoff().preview(value)
+
+
+def _cases(
+    name: str,
+    build: Callable[[str, Any], Any],
+    fields: tuple[str, ...],
+    works: Callable[[Any], None],
+) -> list[Case]:
+    return [Case(f"{name}({f}=)", functools.partial(build, f), works) for f in fields]
+
+
+CASES = [
+    *_cases("Backoff", _backoff, ("initial", "multiplier", "max_delay", "jitter"), _backoff_works),
+    Case("Backoff.preview()", _preview, lambda _: None),
+    *_cases(
+        "ErrorSpec",
+        _spec,
+        ("code", "status", "retryable", "message", "domain", "handling"),
+        _spec_works,
+    ),
+    *_cases(
+        "CodeTable.from_json",
+        _from_json,
+        ("code", "status", "retryable", "message", "domain"),
+        _table_works,
+    ),
+    Case("with_overrides(code=)", _flag_override, _table_works),
+    Case("with_overrides(spec)", _spec_override, _table_works),
+    *_cases("RetryBudgetSettings", _budget, ("ratio", "min_per_second", "ttl"), _budget_works),
+]
+
+
+def _json_safe(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+@settings(max_examples=600, deadline=None)
+@given(case=st.sampled_from(CASES), value=ODD)
+def test_every_public_constructor_rejects_odd_values_or_works(case: Case, value: object) -> None:
+    if case.name.startswith("CodeTable.from_json") and not _json_safe(value):
+        return  # not expressible in a JSON table
+    try:
+        built = case.build(value)
+    except (TypeError, ValueError):
+        return
+    case.works(built)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"min_per_second": NAN}, ValueError),  # nan turned the budget off
+        ({"ratio": NAN}, ValueError),
+        ({"ttl": NAN}, ValueError),
+        ({"min_per_second": INF}, ValueError),
+        ({"ratio": "0.2"}, TypeError),
+        ({"ttl": True}, TypeError),
+        ({"min_per_second": 10**400}, ValueError),
+    ],
+)
+def test_bad_retry_budget_settings_fail_at_construction(
+    kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        RetryBudgetSettings(**kwargs)  # type: ignore[arg-type]
