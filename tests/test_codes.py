@@ -21,18 +21,34 @@ def test_default_table_ships_all_40_codes_with_their_fields() -> None:
     assert table["GENERATION_CAPACITY_EXCEEDED"].how is Handling.PERMANENT
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="shared/ not beside the checkout")
-def test_default_table_matches_the_published_json() -> None:
-    published = json.loads(SHARED.read_text())
+EXPECTED = Path(__file__).resolve().parent / "codes_expected.json"
+
+
+def _assert_table_matches(published: list[dict[str, object]]) -> None:
     table = CodeTable.default()
+    assert sorted(table) == sorted(str(row["code"]) for row in published)
     for row in published:
-        spec = table[row["code"]]
+        spec = table[str(row["code"])]
         assert (spec.status, spec.retryable, spec.domain, spec.message) == (
             row["status"],
             row["retryable"],
             row["domain"],
             row["message"],
-        )
+        ), row["code"]
+
+
+def test_default_table_matches_the_expected_copy_of_all_40_codes() -> None:
+    """The published table, copied into tests/ so a clone anywhere checks every code."""
+    published = json.loads(EXPECTED.read_text())
+    assert len(published) == 40
+    _assert_table_matches(published)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared/ not beside the checkout")
+def test_default_table_matches_the_published_json() -> None:
+    published = json.loads(SHARED.read_text())
+    assert published == json.loads(EXPECTED.read_text()), "tests/codes_expected.json is stale"
+    _assert_table_matches(published)
 
 
 def test_throttles_and_polls_have_their_own_handling() -> None:
