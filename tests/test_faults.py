@@ -12,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
+import subprocess
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import anyio
 import pytest
+from aiohttp import web
 
-from resilience import Backoff
+from resilience import ApiError, Backoff, RetryBudgetSettings
 from resilience.testing import Emulator, Fault
 from tests import conftest
 from tests.conftest import MB, Events, assert_baseline, attempts, memory_stays_low, wait_until
@@ -423,3 +428,204 @@ async def test_every_fault_in_turn_through_one_connection(emu: Emulator) -> None
                 assert resp.status == 200
         assert_baseline(s, mw)
     assert emu.stats.requests == len(faults) + 2
+
+
+# ------------------------------------------------------------------ every method, every path
+
+
+def _fail_once_per_method(fault: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler whose first answer to each method is ``fault`` (a reset before any byte, or
+    a gateway's bare 502 page), then 200."""
+    seen: Counter[str] = Counter()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen[request.method] += 1
+        if seen[request.method] == 1:
+            if fault == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=500)  # never written
+            return web.Response(status=502, text="<html>Bad Gateway</html>")
+        return web.Response(text="ok")
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+@pytest.mark.parametrize("fault", ["reset", "bare-502"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+async def test_idempotent_methods_are_resent_after_a_reset_or_a_bare_502(
+    method: str, fault: str, logs: Events
+) -> None:
+    """RFC 9110's idempotent methods may be resent whatever the first attempt did on the server;
+    a keyless POST may not (``test_keyless_post_is_not_resent_after_a_bare_gateway_error``)."""
+    handler = _fail_once_per_method(fault)
+    mw = middleware()
+    async with conftest.serve(handler) as base, aiohttp.ClientSession(middlewares=(mw,)) as s:
+        async with s.request(method, base / "v1/thing", data=b"x" * 10) as resp:
+            assert resp.status == 200
+        assert_baseline(s, mw)
+    assert handler.seen[method] == 2  # type: ignore[attr-defined]
+    assert [e["outcome"] for e in attempts(logs)] == ["retry", "ok"]
+
+
+async def test_keyless_post_whose_connect_times_out_is_resent(emu: Emulator, logs: Events) -> None:
+    """A connect timeout means nothing was sent, so even a keyless POST is resent. The pool's
+    only connection is held by a slow request, so the POST's ``connect`` timeout expires
+    waiting for one (aiohttp's ConnectionTimeoutError) until the slow one is done."""
+    emu.inject(Fault.slow(0.1), times=1, path="/v1/ping")
+    mw = middleware(max_attempts=20, backoff=Backoff(0.02, 1, 0.02, "none"))
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(middlewares=(mw,), connector=connector) as s:
+        slow = asyncio.ensure_future(s.get(emu.url / "v1/ping"))
+        await wait_until(lambda: emu.stats.in_flight == 1 or emu.stats.requests == 1)
+        timeout = aiohttp.ClientTimeout(connect=0.02)
+        async with s.post(emu.url / "v1/generate", json={"job": "p"}, timeout=timeout) as resp:
+            assert resp.status == 200
+        (await slow).release()
+        assert_baseline(s, mw)
+    assert emu.stats.executions["p"] == 1
+    post = [e for e in attempts(logs) if e["method"] == "POST"]
+    assert post[0]["error"] == "ConnectionTimeoutError"
+    assert post[0]["outcome"] == "retry"
+    assert post[-1]["outcome"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server TLS context with a self-signed certificate no client trusts."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_tls_certificate_failure_is_sent_once(
+    self_signed: ssl.SSLContext, logs: Events
+) -> None:
+    """An untrusted certificate will not change on a retry: one attempt, the typed error."""
+
+    async def never(_: web.Request) -> web.Response:
+        raise AssertionError("the TLS handshake failed: no request reaches the handler")
+
+    app = web.Application()
+    app.router.add_get("/v1/ping", never)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self_signed).start()
+        port = int(runner.addresses[0][1])
+        mw = middleware(max_attempts=5)
+        async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await s.get(f"https://127.0.0.1:{port}/v1/ping")
+            assert_baseline(s, mw)
+    finally:
+        await runner.cleanup()
+    (event,) = attempts(logs)
+    assert (event["outcome"], event["reason"]) == ("fail", "not_retryable")
+    assert event["error"] == "ClientConnectorCertificateError"
+
+
+# ------------------------------------------------------------------ what the loop counts
+
+
+async def test_api_error_counts_throttles_and_polls_in_its_attempts(emu: Emulator) -> None:
+    emu.inject(Fault.code("RATE_LIMITED", retry_after_ms=1), times=1, path="/v1/generate")
+    emu.inject(Fault.code("GENERATION_NOT_READY", retry_after_ms=1), times=1, path="/v1/generate")
+    emu.inject(Fault.code("VALIDATION_ERROR"), times=1, path="/v1/generate")
+    mw = middleware(raise_api_errors=True)
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        with pytest.raises(ApiError) as raised:
+            await s.post(emu.url / "v1/generate", json={"job": "v"})
+        assert_baseline(s, mw)
+    assert (raised.value.attempts, raised.value.code) == (3, "VALIDATION_ERROR")
+    assert emu.stats.requests == 3
+
+
+async def test_each_request_funds_its_own_share_of_retries(emu: Emulator, logs: Events) -> None:
+    """The budget is bounded from below as well as above: with no reserve and ``ratio=1`` each
+    logical request's deposit pays for exactly one retry of a failure, never two."""
+    budget = RetryBudgetSettings(ratio=1.0, min_per_second=0.0, ttl=10.0)
+    mw = middleware(retry_budget=budget)
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        for job in "abc":  # one failure each: each is retried on its own deposit
+            emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=1, path="/v1/generate")
+            async with s.post(emu.url / "v1/generate", json={"job": job}) as resp:
+                assert resp.status == 200
+        emu.inject(Fault.code("DISPATCH_TIMEOUT"), times=2, path="/v1/generate")
+        async with s.post(emu.url / "v1/generate", json={"job": "d"}) as resp:
+            assert resp.status == 503  # its second retry finds the budget spent
+        assert_baseline(s, mw)
+    last = attempts(logs)[-1]
+    assert (last["attempt"], last["outcome"], last["reason"]) == (2, "give_up", "retry_budget")
+
+
+async def test_throttles_and_failures_walk_separate_schedules(emu: Emulator, logs: Events) -> None:
+    """Polls without a Retry-After take the backoff schedule; a failure after them starts its
+    own schedule at the first step instead of inheriting the polls' long waits."""
+    schedule = Backoff(initial=0.01, multiplier=2, max_delay=1.0, jitter="none")
+    for fault in [Fault.code("GENERATION_NOT_READY")] * 3 + [Fault.code("DISPATCH_TIMEOUT")]:
+        emu.inject(fault, times=1, path="/v1/ping")
+    async with aiohttp.ClientSession(middlewares=(middleware(backoff=schedule),)) as s:
+        async with s.get(emu.url / "v1/ping") as resp:
+            assert resp.status == 200
+    events = attempts(logs)
+    assert [(e["outcome"], e["delay"]) for e in events] == [
+        ("not_ready", 0.01),
+        ("not_ready", 0.02),
+        ("not_ready", 0.04),
+        ("retry", 0.01),
+        ("ok", None),
+    ]
+
+
+async def test_an_over_cap_error_body_is_released_before_api_error_is_raised(
+    emu: Emulator,
+) -> None:
+    """The caller never sees the response behind an ApiError, so the middleware must give its
+    connection (and permit) back itself, without downloading the body."""
+    emu.inject(Fault.big(422, size=2 * MB, code="VALIDATION_ERROR"), times=1)
+    mw = middleware(raise_api_errors=True, max_concurrency=1)
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        with memory_stays_low(), pytest.raises(ApiError) as raised:
+            await s.get(emu.url / "v1/ping")
+        assert raised.value.status == 422
+        assert_baseline(s, mw)
+        with anyio.fail_after(5):  # the one permit is free again
+            async with s.get(emu.url / "v1/ping") as resp:
+                assert resp.status == 200
+
+
+# ------------------------------------------------------------------ the per-origin gate
+
+
+@pytest.mark.emulator(generation_time=0.002)
+async def test_a_rate_limit_on_one_path_holds_every_path_of_its_origin_only(
+    emu: Emulator,
+) -> None:
+    """The gate belongs to the origin (scheme, host, port): a 429 on /v1/generate holds a GET
+    of /v1/ping on the same origin until the Retry-After, while another origin is not held."""
+    emu.inject(Fault.code("RATE_LIMITED", retry_after_ms=300), times=1, path="/v1/generate")
+    mw = middleware()
+    async with Emulator() as other, aiohttp.ClientSession(middlewares=(mw,)) as s:
+        first = asyncio.ensure_future(s.post(emu.url / "v1/generate", json={"job": "g"}))
+        await wait_until(lambda: emu.stats.by_code["RATE_LIMITED"] == 1)
+        closed_at = time.monotonic()
+        async with s.get(other.url / "v1/ping") as resp:
+            assert resp.status == 200
+        other_origin = time.monotonic() - closed_at
+        async with s.get(emu.url / "v1/ping") as resp:
+            assert resp.status == 200
+        same_origin = time.monotonic() - closed_at
+        (await first).release()
+        assert_baseline(s, mw)
+    assert other_origin < 0.2
+    assert same_origin >= 0.25

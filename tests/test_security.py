@@ -14,6 +14,7 @@ import functools
 import gzip
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -492,3 +493,34 @@ async def test_server_controlled_log_fields_are_bounded(emu: Emulator, logs: Eve
     (event,) = attempts(logs)
     assert len(event["server_request_id"]) == 200
     assert not re.search("d{501}", json.dumps(event))
+
+
+# ------------------------------------------------------------------ the fleet store's errors
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_redis_error_text_never_carries_the_password(logs: Events) -> None:
+    """The fallback warning quotes Redis's error: whatever the error says, the URL's password
+    is scrubbed from it (a real fallback on a refused connection, then an error whose text
+    holds the password, as an AUTH failure of some proxies does)."""
+    redis_exceptions = pytest.importorskip("redis.exceptions")
+    from resilience.redis import RedisStore
+
+    password = "s3cret-pw-0001"
+    url = f"redis://:{password}@127.0.0.1:{_closed_port()}/0"
+    async with RedisStore.from_url(url, namespace="scrub", redis_timeout=0.1) as store:
+        admission = await store.admit("http://api.test", None)  # Redis is down: local fallback
+        store.release(admission)
+        quoted = store._describe(
+            redis_exceptions.AuthenticationError(f"invalid password '{password}' for default")
+        )
+    (fallback,) = [e for e in logs if e.get("action") == "fallback"]
+    assert fallback["error"].startswith("ConnectionError")
+    assert password not in json.dumps(logs, default=repr)
+    assert password not in quoted
+    assert "REDACTED" in quoted
