@@ -152,6 +152,11 @@ def _redact_match(match: re.Match[str]) -> str:
 DEFAULT_REDACTION: Final = Redaction()
 
 
+def _is_secret_param(name: str) -> bool:
+    """Does the built-in rule hide this (decoded) query parameter? (``_account`` keys on it.)"""
+    return DEFAULT_REDACTION.is_secret(name)
+
+
 def redact_url(url: URL, redaction: Redaction = DEFAULT_REDACTION) -> str:
     """The URL as it may appear in logs, by ``redaction``'s rules (see :class:`Redaction`)."""
     if url.user is not None or url.password is not None:
