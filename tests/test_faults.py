@@ -546,7 +546,7 @@ async def test_api_error_counts_throttles_and_polls_in_its_attempts(emu: Emulato
         with pytest.raises(ApiError) as raised:
             await s.post(emu.url / "v1/generate", json={"job": "v"})
         assert_baseline(s, mw)
-    assert (raised.value.attempts, raised.value.code) == (3, "VALIDATION_ERROR")
+    assert (raised.value.attempts, raised.value.error_code) == (3, "VALIDATION_ERROR")
     assert emu.stats.requests == 3
 
 

@@ -515,7 +515,7 @@ async def test_redis_error_text_never_carries_the_password(logs: Events) -> None
     url = f"redis://:{password}@127.0.0.1:{_closed_port()}/0"
     async with RedisStore.from_url(url, namespace="scrub", redis_timeout=0.1) as store:
         admission = await store.admit("http://api.test", None)  # Redis is down: local fallback
-        store.release(admission)
+        admission.release()
         quoted = store._describe(
             redis_exceptions.AuthenticationError(f"invalid password '{password}' for default")
         )
