@@ -201,6 +201,21 @@ def test_every_example_script_is_shown_on_the_examples_page() -> None:
     assert not missing, f"docs/examples.md does not include: {missing}"
 
 
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_every_relative_link_of_the_readme_resolves() -> None:
+    """The README is read on its own (a repository's front page): its links to the docs and
+    files must exist. (The site's own links are checked by the strict build.)"""
+    broken = []
+    for target in _LINK.findall((ROOT / "README.md").read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # an absolute URL, or a heading of the README itself
+        if not (ROOT / target.split("#", 1)[0]).exists():
+            broken.append(target)
+    assert not broken, f"README.md links to missing files: {broken}"
+
+
 _CITED_TEST = re.compile(r"`(test_[a-z0-9_]+\*?)`")
 
 
