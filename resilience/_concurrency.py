@@ -33,11 +33,12 @@ def grow_limit(
     return limit, growth
 
 
-def cut_limit(limit: int, older: int) -> int:
+def cut_limit(limit: int, older: int, floor: int = 1) -> int:
     """AIMD's decrease after a plan-limit rejection: to the ``older`` requests in flight when
     the rejected one was sent, at least by one and at most by half (the oldest request may
-    reach the server last, and ``older`` then undercounts what the server admitted)."""
-    return min(limit - 1, max(older, limit // 2))
+    reach the server last, and ``older`` then undercounts what the server admitted), never
+    below ``floor``."""
+    return max(floor, min(limit - 1, max(older, limit // 2)))
 
 
 @dataclass(slots=True, eq=False)
@@ -182,7 +183,7 @@ class AdaptiveLimiter:
         self._slow_start = False
         self._growth = 0.0
         self._epoch += 1
-        self._set_limit(cut_limit(self._limit, older), "cut")
+        self._set_limit(cut_limit(self._limit, older, self.floor), "cut")
 
     def _set_limit(self, value: int, why: str) -> None:
         value = max(self.floor, value)

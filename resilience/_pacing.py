@@ -174,6 +174,8 @@ class PacingRule:
     """Pacing switches off this many seconds after the last 429."""
     window: float = 1.0
     """Seconds over which the response rate is measured."""
+    window_slots: int = 20
+    """The window slides in this many steps."""
     minimum_span: float = 0.01
     """The shortest span a first rate estimate averages over (errs high on purpose)."""
 
@@ -225,7 +227,7 @@ class RatePacer:
         now = clock()
         self._started = now
         self._blocked_until = now
-        self._measure = WindowRate(window=PACING.window, minimum=PACING.minimum_span)
+        self._measure = WindowRate(PACING.window, PACING.window_slots, PACING.minimum_span)
         self._w_max = 0.0  # the rate of the last cut
         self._last_cut = now
         self._bucket: TokenBucket | None = None

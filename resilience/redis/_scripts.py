@@ -36,6 +36,7 @@ def constants(rule: PacingRule = PACING) -> dict[str, float]:
         "BURST_MS": rule.burst * 1000,
         "IDLE_RESET_MS": rule.idle_reset * 1000,
         "WINDOW_MS": rule.window * 1000,
+        "RATE_SLOTS": rule.window_slots,
         "MIN_SPAN_MS": rule.minimum_span * 1000,
         "REORDER_MS": REORDER * 1000,
     }

@@ -55,12 +55,8 @@ redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
 redis.call('PEXPIRE', workers, worker_ttl)
 local nworkers = redis.call('ZCARD', workers)
 
-local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'started', 'throttled')
-if not rv[5] then
-  redis.call('HSET', rkey, 'started', now)
-  redis.call('PEXPIRE', rkey, state_ttl)
-end
-if rv[3] and now - (tonumber(rv[6]) or 0) > IDLE_RESET_MS then
+local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttled')
+if rv[3] and now - (tonumber(rv[5]) or 0) > IDLE_RESET_MS then
   -- no 429 for a while: pacing off; the next burst goes at full speed and, if the limit is
   -- still there, learns it again from one 429 (RatePacer's idle_reset)
   redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail')

@@ -22,7 +22,7 @@ if kind == 1 and tonumber(ARGV[3]) == st.epoch then
   st.slow = 0
   st.growth = 0
   st.epoch = st.epoch + 1
-  st.limit = math.max(1, aimd_cut(st.limit, older))
+  st.limit = aimd_cut(st.limit, older)
   st.dirty = true
 end
 if st.dirty then save_limit(ctl, st, state_ttl) end

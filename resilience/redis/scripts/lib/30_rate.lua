@@ -15,39 +15,63 @@ local function pace_grow(wmax, since_cut, measured, rate)
   return math.max(math.min(cubic, math.max(2 * measured, rate)), MIN_RATE)
 end
 
--- One response into the origin's gate and CUBIC pacer (RatePacer.on_response). The rate a cut
--- starts from is what the server let through: the non-429 responses per second over the last
--- window (a sliding window of two buckets), or since the first request over at least
--- MIN_SPAN_MS, erring high on purpose as WindowRate does. Until the server has let anything
--- through, the 429s are counted instead: an estimate, not 0.
+-- WindowRate (resilience/_pacing.py): responses per second (429s included) over the last
+-- window, counted in RATE_SLOTS slots; until a whole window has passed, over the time since the
+-- first response (at least MIN_SPAN_MS), erring high on purpose. Kept in the origin's hash.
+local SLOT_MS = WINDOW_MS / RATE_SLOTS
+local SLOT_FIELDS = {}
+for i = 0, RATE_SLOTS - 1 do SLOT_FIELDS[#SLOT_FIELDS + 1] = 'c' .. i end
+
+local function window_load(key)
+  local v = redis.call('HMGET', key, 'first', 'slot', unpack(SLOT_FIELDS))
+  local w = {first = tonumber(v[1]), slot = tonumber(v[2]) or 0, counts = {}}
+  for i = 0, RATE_SLOTS - 1 do w.counts[i] = tonumber(v[3 + i]) or 0 end
+  return w
+end
+
+local function window_advance(w, now)
+  local slot = math.floor(now / SLOT_MS)
+  local gap = slot - w.slot
+  if gap > 0 then
+    for i = 1, math.min(gap, RATE_SLOTS) do w.counts[(w.slot + i) % RATE_SLOTS] = 0 end
+    w.slot = slot
+  end
+end
+
+local function window_record(w, now)
+  if w.first == nil then
+    w.first = now
+    w.slot = math.floor(now / SLOT_MS)
+  end
+  window_advance(w, now)
+  w.counts[w.slot % RATE_SLOTS] = w.counts[w.slot % RATE_SLOTS] + 1
+end
+
+local function window_rate(w, now)
+  if w.first == nil then return 0 end
+  window_advance(w, now)
+  local sum = 0
+  for i = 0, RATE_SLOTS - 1 do sum = sum + w.counts[i] end
+  return sum / (math.min(WINDOW_MS, math.max(now - w.first, MIN_SPAN_MS)) / 1000)
+end
+
+local function window_fields(w, out)
+  out[#out + 1] = 'first'; out[#out + 1] = w.first
+  out[#out + 1] = 'slot'; out[#out + 1] = w.slot
+  for i = 0, RATE_SLOTS - 1 do out[#out + 1] = 'c' .. i; out[#out + 1] = w.counts[i] end
+  return out
+end
+
+-- One response into the origin's gate and CUBIC pacer (RatePacer.on_response).
 local function rate_response(key, now, limited, retry_after, epoch_sent, state_ttl)
-  local v = redis.call('HMGET', key, 'blocked', 'epoch', 'rate', 'wmax', 'lastfail', 'wcur',
-                       'wprev', 'wstart', 'started', 'tcur', 'tprev')
+  local v = redis.call('HMGET', key, 'blocked', 'epoch', 'rate', 'wmax', 'lastfail')
   local blocked = tonumber(v[1]) or 0
   local epoch = tonumber(v[2]) or 0
   local rate = tonumber(v[3])
   local wmax = tonumber(v[4]) or 0
   local lastfail = tonumber(v[5]) or now
-  local cur = tonumber(v[6]) or 0
-  local prev = tonumber(v[7]) or 0
-  local wstart = tonumber(v[8]) or now
-  local started = tonumber(v[9]) or now
-  local tcur = tonumber(v[10]) or 0
-  local tprev = tonumber(v[11]) or 0
-  if now - wstart >= 2 * WINDOW_MS then
-    prev, cur, tprev, tcur, wstart = 0, 0, 0, 0, now
-  elseif now - wstart >= WINDOW_MS then
-    prev, cur, tprev, tcur, wstart = cur, 0, tcur, 0, wstart + WINDOW_MS
-  end
-  if limited then tcur = tcur + 1 else cur = cur + 1 end
-  local function per_second(p, c)
-    if now - started < WINDOW_MS then
-      return (p + c) / (math.max(now - started, MIN_SPAN_MS) / 1000)
-    end
-    return (p * (1 - (now - wstart) / WINDOW_MS) + c) * 1000 / WINDOW_MS
-  end
-  local through = per_second(prev, cur)
-  if prev + cur == 0 then through = per_second(tprev, tcur) end
+  local w = window_load(key)
+  window_record(w, now)
   local closed = 0
   local new_rate = nil
   if limited then
@@ -59,11 +83,11 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
     if epoch_sent == epoch then
       -- a cut, at most once per round trip: only sends paced since the last cut may cut
       epoch = epoch + 1
-      wmax, new_rate = pace_cut(through, rate)
+      wmax, new_rate = pace_cut(window_rate(w, now), rate)
       lastfail = now
     end
   elseif rate then
-    new_rate = pace_grow(wmax, (now - lastfail) / 1000, through, rate)
+    new_rate = pace_grow(wmax, (now - lastfail) / 1000, window_rate(w, now), rate)
   end
   if new_rate then
     -- a new rate spaces the sends scheduled from now on; those already scheduled keep their
@@ -72,8 +96,8 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
     rate = math.max(new_rate, MIN_RATE)
     redis.call('HSET', key, 'rate', rate, 'wmax', wmax, 'lastfail', lastfail)
   end
-  redis.call('HSET', key, 'blocked', blocked, 'epoch', epoch, 'wcur', cur, 'wprev', prev,
-             'tcur', tcur, 'tprev', tprev, 'wstart', wstart, 'started', started)
+  redis.call('HSET', key, 'blocked', blocked, 'epoch', epoch,
+             unpack(window_fields(w, {})))
   redis.call('PEXPIRE', key, state_ttl)
   local milli = -1
   if rate then milli = math.floor(rate * 1000) end

@@ -10,9 +10,10 @@ local function aimd_grow(limit, slow, growth, in_flight, ceiling)
   return limit, growth
 end
 
--- cut_limit: to the requests older than the rejected one, at least by one, at most by half
+-- cut_limit: to the requests older than the rejected one, at least by one, at most by
+-- half, never below 1
 local function aimd_cut(limit, older)
-  return math.min(limit - 1, math.max(older, math.floor(limit / 2)))
+  return math.max(1, math.min(limit - 1, math.max(older, math.floor(limit / 2))))
 end
 
 local function load_limit(ctl, initial, ceiling)
