@@ -50,10 +50,8 @@ def _arguments_of(
     """Give an alternative constructor the constructor's own signature (written once)."""
 
     def wrap(factory: Callable[..., _S]) -> Callable[Concatenate[type[_S], _P], _S]:
-        signature = inspect.signature(init)
-        factory.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=list(signature.parameters.values())[1:]
-        )
+        # The first parameter (self) stands for cls: binding the classmethod drops it.
+        factory.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
         return factory
 
     return wrap
