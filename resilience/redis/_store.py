@@ -2,7 +2,9 @@
 
 The store decides; its collaborators keep the state: ``Connections`` (per-loop clients and
 scripts), ``Leases`` (the permits held, returned and renewed), ``Parking`` (waiters and the
-wake-up list), ``Fallback`` (local limits and the probe), ``Tasks`` (background work).
+wake-up list), ``Fallback`` (local limits and the probe), ``SharedBudget``, ``Tasks``
+(background work); the handles in ``_admission.py`` report, release and park. Over 400 lines
+because the admission loop (gate, pacing turn, permit, park) reads best in one place.
 """
 
 from __future__ import annotations
