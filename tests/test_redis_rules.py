@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from resilience._budget import RetryBudget
+from resilience._budget import RetryBudget, RetryBudgetSettings
 from resilience._concurrency import cut_limit, grow_limit
 from resilience._pacing import PACING, RatePacer
 from resilience.redis._scripts import constants, library, source
@@ -218,7 +218,8 @@ def test_the_retry_budget_arithmetic_is_the_same(
     allowed: list[int],
 ) -> None:
     clock = FakeClock(1000.0)
-    budget = RetryBudget(ratio=ratio, min_per_second=reserve, ttl=ttl, clock=clock)
+    settings = RetryBudgetSettings(ratio=ratio, min_per_second=reserve, ttl=ttl)
+    budget = RetryBudget(settings, clock=clock)
     python = []
     for at, deposits, withdrawals in steps:
         clock.now = 1000.0 + at

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .._concurrency import ConcurrencyPermit
 from .._events import GATE_EVENT, emit
-from .._store import Admission, LocalStore, Signal
+from .._store import Admission, Feedback, Signal
 from ._connection import Unavailable
 from ._leases import Lease
 
 if TYPE_CHECKING:
     from ._store import RedisStore
 
-__all__ = ["LocalAdmission", "SharedAdmission", "handle_of"]
+__all__ = ["LocalAdmission", "SharedAdmission"]
 
-_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2}  # what a release feeds into the limits
+# What a release feeds into the limits: 1 grows the limit, 2 is an answer that hit no limit.
+_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2, Signal.FAILURE: 2}
 
 
 class SharedAdmission:
@@ -42,8 +42,9 @@ class SharedAdmission:
     def released(self) -> bool:
         return self.lease.released
 
-    async def report(self, signal: Signal, retry_after: float | None) -> None:
+    async def report(self, feedback: Feedback) -> None:
         """Feed the answer in; successes ride on the release (no extra round trip)."""
+        signal, retry_after = feedback.signal, feedback.gate
         answer = _ANSWERS.get(signal)
         if answer is not None:
             self._answer = answer
@@ -99,38 +100,29 @@ class SharedAdmission:
 
 
 class LocalAdmission:
-    """An attempt admitted by the fallback's local limits while Redis was unreachable."""
+    """An attempt admitted by the fallback's local limits while Redis was unreachable.
 
-    __slots__ = ("_inner", "_local", "limit", "origin", "rate_epoch")
+    The local store's own handle, counted while it is in flight: the permits a rejoin finds
+    still on the wire belong to the shared limit too.
+    """
 
-    def __init__(self, local: LocalStore, inner: Admission) -> None:
-        self._local = local
+    __slots__ = ("_inner", "_live")
+
+    def __init__(self, inner: Admission, live: set[LocalAdmission]) -> None:
         self._inner = inner
-        self.origin = inner.origin
-        self.limit = inner.limit
-        self.rate_epoch = inner.rate_epoch
+        self._live = live
+        live.add(self)
 
     @property
-    def released(self) -> bool:
-        permit = self._inner.permit
-        return isinstance(permit, ConcurrencyPermit) and permit.released
+    def limit(self) -> int:
+        return self._inner.limit
 
-    async def report(self, signal: Signal, retry_after: float | None) -> None:
-        await self._local.report(self._inner, signal, retry_after)
+    async def report(self, feedback: Feedback) -> None:
+        await self._inner.report(feedback)
 
     def release(self) -> None:
-        self._local.release(self._inner)
+        self._live.discard(self)
+        self._inner.release()
 
     async def wait_for_release(self, timeout: float) -> None:
-        await self._local.wait_for_release(self._inner, timeout)
-
-
-Handle = SharedAdmission | LocalAdmission
-
-
-def handle_of(admission: Admission) -> Handle:
-    """The handle inside an ``Admission`` this store made."""
-    handle = admission.permit
-    if not isinstance(handle, (SharedAdmission, LocalAdmission)):
-        raise TypeError(f"not an admission of a RedisStore: {admission!r}")
-    return handle
+        await self._inner.wait_for_release(timeout)

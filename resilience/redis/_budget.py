@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._budget import RetryBudget
-from .._store import RetryBudgetSettings
+from .._budget import DEFAULT_RETRY_BUDGET, RetryBudget
 from ._connection import Unavailable
 from ._keys import Keys
 from ._leases import Runner
@@ -23,12 +22,7 @@ class SharedBudget:
         self._settings = settings
         self._key = keys.budget
         self._run = run
-        rule = settings.retry_budget
-        self._mirror = (
-            RetryBudget(ratio=rule.ratio, ttl=rule.ttl, min_per_second=rule.min_per_second)
-            if rule is not None
-            else None
-        )
+        self._mirror = RetryBudget.from_settings(settings.retry_budget)
         self._pending = 0
 
     def deposit(self, *, shared: bool) -> None:
@@ -44,7 +38,7 @@ class SharedBudget:
 
     def acquire_args(self) -> list[float]:
         """The acquire script's budget ARGV: deposits ratio min_per_second ttl."""
-        rule = self._settings.retry_budget or RetryBudgetSettings()
+        rule = self._settings.retry_budget or DEFAULT_RETRY_BUDGET
         return [self.take_deposits(), rule.ratio, rule.min_per_second, rule.ttl]
 
     async def try_retry(self, shared: Callable[[], bool]) -> bool:

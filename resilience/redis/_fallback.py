@@ -11,11 +11,15 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .._events import STORE_EVENT, emit
 from .._store import LocalStore
 from ._connection import TROUBLE
 from ._settings import PROBE_FIRST, StoreSettings
+
+if TYPE_CHECKING:
+    from ._admission import LocalAdmission
 
 __all__ = ["Fallback"]
 
@@ -33,6 +37,8 @@ class Fallback:
         self.generation = 0
         """Bumped on rejoin: failures of calls made before it are stale."""
         self.local = self._local(settings.initial)
+        self.live: set[LocalAdmission] = set()
+        """The fallback's permits in flight (they still count when the store rejoins)."""
         self.fallbacks = 0
         self.rejoins = 0
         self._down_since = 0.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .._store import RetryBudgetSettings, check_concurrency
+from .._budget import RetryBudgetSettings
+from .._store import check_concurrency
 
 __all__ = ["PROBE_FIRST", "StoreSettings"]
 

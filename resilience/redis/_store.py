@@ -23,11 +23,12 @@ import anyio
 from redis.asyncio.connection import parse_url
 from yarl import URL
 
-from .._decide import MAX_RETRY_AFTER
+from .._budget import DEFAULT_RETRY_BUDGET, RetryBudgetSettings
 from .._errors import DeadlineExceeded
 from .._events import LIMIT_EVENT, emit, redact_url
-from .._store import Admission, RetryBudgetSettings, Signal
-from ._admission import LocalAdmission, SharedAdmission, handle_of
+from .._pacing import MAX_RETRY_AFTER
+from .._store import Admission
+from ._admission import LocalAdmission, SharedAdmission
 from ._budget import SharedBudget
 from ._connection import Connections, Link, Unavailable
 from ._fallback import Fallback
@@ -112,7 +113,7 @@ class RedisStore:
         namespace: str,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
-        retry_budget: RetryBudgetSettings | None = RetryBudgetSettings(),  # noqa: B008
+        retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
         lease_ttl: float = 30.0,
         redis_timeout: float = 0.25,
         max_connections: int = 32,
@@ -203,11 +204,7 @@ class RedisStore:
                 raise DeadlineExceeded("no concurrency permit before max_elapsed")
             if not fallback.shared:
                 self._start("probe", self._probe)  # a no-op while one runs (new loop: anew)
-                local = fallback.local
-                inner = await local.admit(origin, deadline)
-                return Admission(
-                    origin, LocalAdmission(local, inner), inner.limit, inner.rate_epoch
-                )
+                return LocalAdmission(await fallback.local.admit(origin, deadline), fallback.live)
             lease_id = self._leases.new_id()
             turn = self._turns.get(origin) if slot_epoch < 0 else None
             try:
@@ -232,8 +229,7 @@ class RedisStore:
                 self._leases.grant(lease)
                 self._start("heartbeat", self._heartbeat)
                 parking.wake_for_room(limit - value - 1)  # value: permits held before ours
-                handle = SharedAdmission(self, origin, lease, limit, slot_epoch)
-                return Admission(origin, handle, limit, slot_epoch)
+                return SharedAdmission(self, origin, lease, limit, slot_epoch)
             parking.free_hint = 0
             if status == _WAIT:
                 await self._sleep_for(value / 1e6, deadline)
@@ -266,18 +262,6 @@ class RedisStore:
         if wait > MAX_RETRY_AFTER:  # as _decide: a server cannot park every request
             raise DeadlineExceeded(f"the rate gate stays closed for {wait:.0f} s")
         await asyncio.sleep(wait)
-
-    def release(self, admission: Admission) -> None:
-        """Return the permit. Synchronous and idempotent: it runs from connection callbacks."""
-        handle_of(admission).release()
-
-    async def report(self, admission: Admission, signal: Signal, retry_after: float | None) -> None:
-        """Feed one answer in (successes ride on the release: no extra round trip)."""
-        await handle_of(admission).report(signal, retry_after)
-
-    async def wait_for_release(self, admission: Admission, timeout: float) -> None:
-        """Park until a permit frees (anywhere in the fleet while shared), or ``timeout``."""
-        await handle_of(admission).wait_for_release(timeout)
 
     async def deposit_request(self) -> None:
         """Count a logical request; sent to Redis with the next acquire (no round trip)."""
