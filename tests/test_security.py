@@ -516,7 +516,7 @@ async def test_redis_error_text_never_carries_the_password(logs: Events) -> None
     async with RedisStore.from_url(url, namespace="scrub", redis_timeout=0.1) as store:
         admission = await store.admit("http://api.test", None)  # Redis is down: local fallback
         admission.release()
-        quoted = store._describe(
+        quoted = store._fallback.describe(
             redis_exceptions.AuthenticationError(f"invalid password '{password}' for default")
         )
     (fallback,) = [e for e in logs if e.get("action") == "fallback"]
