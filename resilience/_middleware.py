@@ -38,6 +38,7 @@ from ._decide import (
 from ._errors import ApiError, DeadlineExceeded
 from ._events import debug_enabled, emit_attempt, redact_url
 from ._store import Admission, LocalStore, Store
+from ._validate import boolean, header_name, integer, number
 
 __all__ = ["ResilienceMiddleware", "Settings"]
 
@@ -58,6 +59,10 @@ def new_request_id() -> str:
     return f"{n:032x}"
 
 
+MAX_ELAPSED_LIMIT: Final = 366 * 86400.0  # a year: a longer deadline is a typo, not a plan
+MAX_ENVELOPE_CAP: Final = 64 * 1024 * 1024  # an envelope is a few hundred bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The middleware's settings, validated once. See :class:`ResilienceMiddleware`."""
@@ -71,22 +76,16 @@ class Settings:
     request_id_header: str = "X-Request-ID"
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
-        if self.max_elapsed is not None and not (0 < self.max_elapsed < float("inf")):
-            raise ValueError(
-                f"max_elapsed must be > 0 and finite, or None; got {self.max_elapsed!r}"
-            )
+        integer("max_attempts", self.max_attempts, low=1)
+        if self.max_elapsed is not None:
+            number("max_elapsed", self.max_elapsed, above=0, high=MAX_ELAPSED_LIMIT)
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {type(self.backoff).__name__}")
         if not isinstance(self.codes, CodeTable):
             raise TypeError(f"codes must be a CodeTable, got {type(self.codes).__name__}")
-        if self.envelope_cap < 0:
-            raise ValueError(f"envelope_cap must be >= 0, got {self.envelope_cap!r}")
-        if not self.request_id_header:
-            raise ValueError("request_id_header must not be empty")
+        boolean("raise_api_errors", self.raise_api_errors)
+        integer("envelope_cap", self.envelope_cap, low=0, high=MAX_ENVELOPE_CAP)
+        header_name("request_id_header", self.request_id_header)
 
 
 class ResilienceMiddleware:
