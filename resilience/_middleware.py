@@ -36,7 +36,7 @@ from ._decide import (
     transport_ending,
 )
 from ._errors import ApiError, DeadlineExceeded
-from ._events import debug_enabled, emit_attempt, redact_url
+from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
 from ._store import Admission, LocalStore, Store
 from ._validate import boolean, header_name, integer, number
 
@@ -74,6 +74,7 @@ class Settings:
     raise_api_errors: bool = False
     envelope_cap: int = 64 * 1024
     request_id_header: str = "X-Request-ID"
+    redaction: Redaction = DEFAULT_REDACTION
 
     def __post_init__(self) -> None:
         integer("max_attempts", self.max_attempts, low=1)
@@ -86,6 +87,8 @@ class Settings:
         boolean("raise_api_errors", self.raise_api_errors)
         integer("envelope_cap", self.envelope_cap, low=0, high=MAX_ENVELOPE_CAP)
         header_name("request_id_header", self.request_id_header)
+        if not isinstance(self.redaction, Redaction):
+            raise TypeError(f"redaction must be a Redaction, got {type(self.redaction).__name__}")
 
 
 class ResilienceMiddleware:
@@ -113,6 +116,8 @@ class ResilienceMiddleware:
             returning the response.
         envelope_cap: largest error body (decoded bytes) read for classification.
         request_id_header: the header carrying the logical request's ID.
+        redaction: more query parameter names and path patterns to hide from log events and
+            ``str(ApiError)``, on top of the built-in rules (see :class:`Redaction`).
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class ResilienceMiddleware:
         raise_api_errors: bool = False,
         envelope_cap: int = 64 * 1024,
         request_id_header: str = "X-Request-ID",
+        redaction: Redaction | None = None,
     ) -> None:
         self.settings: Final = Settings(
             max_attempts=max_attempts,
@@ -138,6 +144,7 @@ class ResilienceMiddleware:
             raise_api_errors=raise_api_errors,
             envelope_cap=envelope_cap,
             request_id_header=request_id_header,
+            redaction=redaction if redaction is not None else DEFAULT_REDACTION,
         )
         if store is None:
             store = LocalStore(
@@ -309,6 +316,7 @@ class _Call:
                 attempts=self.attempt,
                 server_request_id=verdict.server_request_id,
                 headers=resp.headers,
+                redaction=self.mw.settings.redaction,
             )
             resp.release()
             raise error
@@ -330,7 +338,7 @@ class _Call:
         record = AttemptRecord(
             request_id=self.request_id,
             method=req.method,
-            url=redact_url(req.url),
+            url=redact_url(req.url, self.mw.settings.redaction),
             attempt=self.attempt,
             status=verdict.status if resp is None else resp.status,
             code=verdict.code,
