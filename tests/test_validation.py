@@ -156,9 +156,10 @@ def _redis_store(field: str, value: Any) -> object:
 
 
 def _redis_store_works(store: Any) -> None:
-    for name in ("_lease_ttl", "_timeout", "_probe_max_delay"):
-        assert _finite(getattr(store, name)), name
-    assert type(store._max_connections) is int
+    settings = store._settings
+    for name in ("lease_ttl", "redis_timeout", "probe_max_delay", "state_ttl"):
+        assert _finite(getattr(settings, name)), name
+    assert type(settings.max_connections) is int
 
 
 CASES = [

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .._budget import RetryBudgetSettings
 from .._store import check_concurrency
+from .._validate import number
 
 __all__ = ["PROBE_FIRST", "StoreSettings"]
 
@@ -15,12 +15,10 @@ PROBE_FIRST = 0.05
 
 
 def _seconds(name: str, value: float, low: float, high: float, *, open_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < low or (open_low and value == low) or value > high:
-        bound = "(" if open_low else "["
-        raise ValueError(f"{name} must be in {bound}{low:g}, {high:g}] seconds, got {value!r}")
-    return float(value)
+    # The checks every setting of the package goes through (an int too large for a float too).
+    if open_low:
+        return number(name, value, above=low, high=high)
+    return number(name, value, low=low, high=high)
 
 
 @dataclass(frozen=True, slots=True)
