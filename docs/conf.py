@@ -46,7 +46,9 @@ autodoc_default_options = {"members": True}
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(aiohttp|yarl|multidict|anyio|structlog|redis|backoff|asyncio)(\..*)?"),
-    (r"py:.*", r"(collections|typing|types|enum|pathlib|os|io|datetime)\..*"),
+    (r"py:.*", r"(opentelemetry|prometheus_client)(\..*)?"),
+    (r"py:class", r"(TracerProvider|MeterProvider|CollectorRegistry)"),
+    (r"py:.*", r"(collections|contextlib|typing|types|enum|pathlib|os|io|datetime)\..*"),
     (r"py:class", r"(URL|Path|PathLike|TextIO|IO|Iterable|Iterator|Mapping|Sequence|Callable)"),
     # Private types that public signatures mention but the package does not export (yet).
     (r"py:class", r"resilience\._pacing\.RatePacer"),

@@ -48,6 +48,8 @@ class AttemptRecord:
     server_request_id: str | None
     error: str | None  # the transport exception's class name
     limit: int  # the adaptive concurrency limit
+    origin: str | None = None  # scheme://host:port: the key of the rate gate and pacer
+    gate: float | None = None  # seconds this answer's Retry-After closed the origin's gate for
 
     def as_fields(self) -> dict[str, Any]:
         """The event's fields, in schema order (``outcome`` as its string value)."""

@@ -12,14 +12,16 @@ import asyncio
 import contextvars
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final, cast
 
 import aiohttp
 import anyio
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from . import _aiohttp_compat as compat
+from . import _testmode
 from ._attempt import AttemptRecord, Outcome
 from ._backoff import Backoff
 from ._budget import DEFAULT_RETRY_BUDGET, RetryBudgetSettings
@@ -36,9 +38,9 @@ from ._decide import (
     transport_ending,
 )
 from ._errors import ApiError, DeadlineExceeded
-from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
-from ._store import Admission, LocalStore, Store
-from ._validate import boolean, header_name, integer, number
+from ._events import debug_enabled, emit_attempt, redact_url
+from ._store import Admission, Feedback, LocalStore, Store
+from .instrumentation._hooks import AttemptStart, Hook, HookRunner, WaitKind, WaitRecord
 
 __all__ = ["ResilienceMiddleware", "Settings"]
 
@@ -59,10 +61,6 @@ def new_request_id() -> str:
     return f"{n:032x}"
 
 
-MAX_ELAPSED_LIMIT: Final = 366 * 86400.0  # a year: a longer deadline is a typo, not a plan
-MAX_ENVELOPE_CAP: Final = 64 * 1024 * 1024  # an envelope is a few hundred bytes
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The middleware's settings, validated once. See :class:`ResilienceMiddleware`."""
@@ -74,21 +72,24 @@ class Settings:
     raise_api_errors: bool = False
     envelope_cap: int = 64 * 1024
     request_id_header: str = "X-Request-ID"
-    redaction: Redaction = DEFAULT_REDACTION
 
     def __post_init__(self) -> None:
-        integer("max_attempts", self.max_attempts, low=1)
-        if self.max_elapsed is not None:
-            number("max_elapsed", self.max_elapsed, above=0, high=MAX_ELAPSED_LIMIT)
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        if self.max_elapsed is not None and not (0 < self.max_elapsed < float("inf")):
+            raise ValueError(
+                f"max_elapsed must be > 0 and finite, or None; got {self.max_elapsed!r}"
+            )
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {type(self.backoff).__name__}")
         if not isinstance(self.codes, CodeTable):
             raise TypeError(f"codes must be a CodeTable, got {type(self.codes).__name__}")
-        boolean("raise_api_errors", self.raise_api_errors)
-        integer("envelope_cap", self.envelope_cap, low=0, high=MAX_ENVELOPE_CAP)
-        header_name("request_id_header", self.request_id_header)
-        if not isinstance(self.redaction, Redaction):
-            raise TypeError(f"redaction must be a Redaction, got {type(self.redaction).__name__}")
+        if self.envelope_cap < 0:
+            raise ValueError(f"envelope_cap must be >= 0, got {self.envelope_cap!r}")
+        if not self.request_id_header:
+            raise ValueError("request_id_header must not be empty")
 
 
 class ResilienceMiddleware:
@@ -116,8 +117,8 @@ class ResilienceMiddleware:
             returning the response.
         envelope_cap: largest error body (decoded bytes) read for classification.
         request_id_header: the header carrying the logical request's ID.
-        redaction: more query parameter names and path patterns to hide from log events and
-            ``str(ApiError)``, on top of the built-in rules (see :class:`Redaction`).
+        hooks: told about every attempt's start and end and every wait
+            (:class:`resilience.instrumentation.Hook`); e.g. ``OpenTelemetryHook()``.
     """
 
     def __init__(
@@ -134,7 +135,7 @@ class ResilienceMiddleware:
         raise_api_errors: bool = False,
         envelope_cap: int = 64 * 1024,
         request_id_header: str = "X-Request-ID",
-        redaction: Redaction | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         self.settings: Final = Settings(
             max_attempts=max_attempts,
@@ -144,7 +145,6 @@ class ResilienceMiddleware:
             raise_api_errors=raise_api_errors,
             envelope_cap=envelope_cap,
             request_id_header=request_id_header,
-            redaction=redaction if redaction is not None else DEFAULT_REDACTION,
         )
         if store is None:
             store = LocalStore(
@@ -165,6 +165,10 @@ class ResilienceMiddleware:
             raise TypeError(f"store must implement resilience.Store, got {type(store).__name__}")
         self.store: Final = store
         self._origins: dict[tuple[str, str | None, int | None], str] = {}
+        if isinstance(hooks, Hook) or not isinstance(hooks, Sequence):
+            raise TypeError(f"hooks must be a sequence of hooks, got {type(hooks).__name__}")
+        # None without hooks: the loop then tests one attribute and builds nothing for them.
+        self.hooks: Final = HookRunner(hooks) if hooks else None
 
     @property
     def concurrency_limit(self) -> int:
@@ -187,7 +191,19 @@ class ResilienceMiddleware:
 class _Call:
     """One logical request (one redirect hop) through the loop."""
 
-    __slots__ = ("attempt", "handler", "mw", "policy", "req", "request_id", "start", "store")
+    __slots__ = (
+        "attempt",
+        "handler",
+        "hooks",
+        "mw",
+        "origin",
+        "policy",
+        "req",
+        "request_id",
+        "start",
+        "store",
+        "testing",
+    )
 
     def __init__(self, mw: ResilienceMiddleware, req: ClientRequest, handler: ClientHandlerType):
         self.mw = mw
@@ -202,8 +218,14 @@ class _Call:
             request_id = new_request_id()
             req.headers[header] = request_id
         self.request_id = request_id
+        self.hooks = mw.hooks
+        self.origin = ""
+        settings = mw.settings
+        self.testing = testing = _testmode.state.mode
+        if testing is not None and testing.attempts is not None:
+            settings = replace(settings, max_attempts=testing.attempts)
         self.policy = RequestPolicy(
-            mw.settings,
+            settings,
             method=req.method,
             keyed="Idempotency-Key" in req.headers,
             body=req.body,
@@ -216,6 +238,8 @@ class _Call:
         origin = self.mw._origins.get(key)
         if origin is None:
             origin = self.mw._origins[key] = str(url.origin())
+        self.origin = origin
+        hooks, testing = self.hooks, self.testing
         await store.deposit_request()
         while True:
             self.attempt += 1
@@ -224,35 +248,44 @@ class _Call:
                 admission = await store.admit(origin, policy.deadline)
             except DeadlineExceeded as exc:
                 unsent = Ending(Verdict(Handling.TRANSIENT, error=type(exc).__name__))
-                self._log(unsent, DEADLINE_DECISION, began, None, None)
+                self._log(unsent, DEADLINE_DECISION, began, None, None, None, None)
                 raise policy.deadline_error(
                     exc, request_id=self.request_id, attempts=self.attempt - 1
                 ) from None
             sent_at = time.monotonic()
+            start: AttemptStart | None = None
             resp: ClientResponse | None = None
             error: BaseException | None = None
             ending: Ending = OK_ENDING
             try:
+                if hooks is not None:
+                    start = self._start(admission, sent_at - began)
                 resp = await self.handler(req)
             except BaseException as exc:
                 transport = transport_ending(exc)
                 if transport is None:  # not a transport error: a bug or an interrupt, not ours
                     admission.release()
+                    self._abandon(start, exc, began, sent_at)
                     raise
                 ending, error = transport, exc
             try:
                 if resp is not None:
                     ending = await self._classify(resp)
                 feedback = policy.feedback(ending)
+                if testing is not None and feedback is not None:
+                    feedback = _testmode.limits_feedback(testing, feedback)
                 if feedback is not None:
                     await admission.report(feedback)
                 decision = await policy.decide(ending, store.try_retry)
-            except BaseException:
+                if testing is not None:
+                    decision = _testmode.next_decision(testing, decision)
+            except BaseException as exc:
                 if resp is not None:
                     resp.close()
                 admission.release()
+                self._abandon(start, exc, began, sent_at)
                 raise
-            self._log(ending, decision, began, sent_at, resp)
+            self._log(ending, decision, began, sent_at, resp, start, feedback)
             if decision.wait is Wait.NONE:
                 if resp is not None:
                     return self._finish(resp, ending.verdict, admission)
@@ -286,10 +319,15 @@ class _Call:
     async def _wait(self, decision: Decision, admission: Admission) -> None:
         wait, delay = decision.wait, decision.delay
         assert delay is not None
-        if wait is Wait.PARK:
-            await admission.wait_for_release(delay)
-        elif wait is Wait.SLEEP:
-            await anyio.sleep(delay)
+        began = time.monotonic() if self.hooks is not None else 0.0
+        try:
+            if wait is Wait.PARK:
+                await admission.wait_for_release(delay)
+            elif wait is Wait.SLEEP:
+                await anyio.sleep(delay)
+        finally:
+            if self.hooks is not None:
+                self._waited(decision, time.monotonic() - began)
         # Wait.GATE: the report closed the origin's gate; the next admit waits it out.
         # A body writer may still be running from the attempt we dropped: let it settle before
         # the payload is rewound and written again.
@@ -316,7 +354,6 @@ class _Call:
                 attempts=self.attempt,
                 server_request_id=verdict.server_request_id,
                 headers=resp.headers,
-                redaction=self.mw.settings.redaction,
             )
             resp.release()
             raise error
@@ -329,16 +366,35 @@ class _Call:
         began: float,
         sent_at: float | None,
         resp: ClientResponse | None,
+        start: AttemptStart | None,
+        feedback: Feedback | None,
     ) -> None:
         first_ok = self.attempt == 1 and decision.outcome is Outcome.OK
-        if first_ok and not debug_enabled():
-            return  # the common case costs nothing when DEBUG is filtered
+        logged = not first_ok or debug_enabled()
+        if not logged and self.hooks is None:
+            return  # the common case costs nothing when DEBUG is filtered and no hook listens
+        record = self._record(ending, decision, began, sent_at, resp, feedback, start)
+        if logged:
+            emit_attempt(record, first_ok=first_ok)
+        if self.hooks is not None:
+            self.hooks.end(record, start)
+
+    def _record(
+        self,
+        ending: Ending,
+        decision: Decision,
+        began: float,
+        sent_at: float | None,
+        resp: ClientResponse | None,
+        feedback: Feedback | None,
+        start: AttemptStart | None,
+    ) -> AttemptRecord:
         now = time.monotonic()
         req, verdict = self.req, ending.verdict
-        record = AttemptRecord(
+        return AttemptRecord(
             request_id=self.request_id,
             method=req.method,
-            url=redact_url(req.url, self.mw.settings.redaction),
+            url=start.url if start is not None else redact_url(req.url),
             attempt=self.attempt,
             status=verdict.status if resp is None else resp.status,
             code=verdict.code,
@@ -354,8 +410,58 @@ class _Call:
             or (server_request_id(resp.headers) if resp is not None else None),
             error=verdict.error,
             limit=self.store.concurrency_limit,
+            origin=self.origin,
+            gate=feedback.gate if feedback is not None else None,
         )
-        emit_attempt(record, first_ok=first_ok)
+
+    # ---------------------------------------------------------------- hooks (only with hooks)
+
+    def _start(self, admission: Admission, waited: float) -> AttemptStart:
+        """Tell the hooks an admitted attempt is about to be sent; they may add headers."""
+        assert self.hooks is not None
+        req = self.req
+        url = req.url
+        start = AttemptStart(
+            request_id=self.request_id,
+            method=req.method,
+            url=redact_url(url),
+            attempt=self.attempt,
+            origin=self.origin,
+            server_address=url.host or "",
+            server_port=url.port or 0,
+            waited=round(waited, 6),
+            limit=admission.limit,
+            headers=req.headers,
+        )
+        self.hooks.start(start)
+        return start
+
+    def _abandon(
+        self, start: AttemptStart | None, exc: BaseException, began: float, sent_at: float
+    ) -> None:
+        """End, for the hooks, a started attempt the loop does not log: an exception it does
+        not handle stopped it (a cancellation while reading an error body, a bug elsewhere)."""
+        if start is None or self.hooks is None:
+            return
+        ending = Ending(Verdict(Handling.PERMANENT, error=type(exc).__name__))
+        reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+        stopped = Decision(Outcome.FAIL, reason=reason)
+        self.hooks.end(self._record(ending, stopped, began, sent_at, None, None, start), start)
+
+    def _waited(self, decision: Decision, waited: float) -> None:
+        assert self.hooks is not None
+        assert decision.delay is not None
+        self.hooks.wait(
+            WaitRecord(
+                request_id=self.request_id,
+                attempt=self.attempt,
+                origin=self.origin,
+                kind=cast(WaitKind, decision.wait.value),  # the same names
+                outcome=decision.outcome,
+                delay=round(decision.delay, 6),  # as the attempt record has it
+                waited=round(waited, 6),
+            )
+        )
 
 
 def _discard(resp: ClientResponse) -> None:
