@@ -20,7 +20,7 @@ from ._backoff import Backoff, Schedule, ScheduleStep
 from ._budget import RetryBudgetSettings
 from ._codes import CodeTable, ErrorSpec, Handling
 from ._errors import ApiError, DeadlineExceeded
-from ._events import ATTEMPT_EVENT
+from ._events import ATTEMPT_EVENT, Redaction
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
 from ._session import wrap
@@ -40,6 +40,7 @@ __all__ = [
     "Handling",
     "LocalStore",
     "Outcome",
+    "Redaction",
     "ResilienceMiddleware",
     "RetryBudgetSettings",
     "Schedule",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ._pacing import Clock
-from ._validate import number
+from ._validate import number, show
 
 __all__ = ["DEFAULT_RETRY_BUDGET", "RetryBudget", "RetryBudgetSettings"]
 
@@ -66,7 +66,13 @@ class RetryBudget:
         cls, settings: RetryBudgetSettings | None, *, clock: Clock = time.monotonic
     ) -> RetryBudget | None:
         """The budget those settings describe; ``None`` (no budget) for ``None``."""
-        return cls(settings, clock=clock) if settings is not None else None
+        if settings is None:
+            return None
+        if not isinstance(settings, RetryBudgetSettings):
+            raise TypeError(
+                f"retry_budget must be a RetryBudgetSettings or None, got {show(settings)}"
+            )
+        return cls(settings, clock=clock)
 
     def _advance(self) -> int:
         now = math.floor(self._clock())

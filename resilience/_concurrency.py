@@ -9,7 +9,36 @@ import anyio
 
 from ._events import LIMIT_EVENT, emit
 
-__all__ = ["AdaptiveLimiter", "ConcurrencyPermit"]
+__all__ = ["AdaptiveLimiter", "ConcurrencyPermit", "cut_limit", "grow_limit"]
+
+
+def grow_limit(
+    limit: int, *, slow_start: bool, growth: float, in_flight: int, ceiling: int | None
+) -> tuple[int, float]:
+    """AIMD's additive step for one success: the new (limit, growth).
+
+    The pure rule, also run by the fleet's Lua scripts (``resilience/redis/scripts``): +1 in
+    slow start, else +1/limit, only while the limit is used (in flight * 2 >= limit, as
+    Netflix's AIMDLimit) and below the ceiling.
+    """
+    if ceiling is not None and limit >= ceiling:
+        return limit, growth
+    if in_flight * 2 < limit:
+        return limit, growth  # not using what we have: no evidence the server takes more
+    if slow_start:
+        return limit + 1, growth
+    growth += 1.0 / limit
+    if growth >= 1.0:
+        return limit + 1, 0.0
+    return limit, growth
+
+
+def cut_limit(limit: int, older: int, floor: int = 1) -> int:
+    """AIMD's decrease after a plan-limit rejection: to the ``older`` requests in flight when
+    the rejected one was sent, at least by one and at most by half (the oldest request may
+    reach the server last, and ``older`` then undercounts what the server admitted), never
+    below ``floor``."""
+    return max(floor, min(limit - 1, max(older, limit // 2)))
 
 
 @dataclass(slots=True, eq=False)
@@ -134,17 +163,14 @@ class AdaptiveLimiter:
                 self._parked.remove(event)
 
     def on_success(self, permit: ConcurrencyPermit) -> None:
-        if self.ceiling is not None and self._limit >= self.ceiling:
-            return
-        if len(self._in_flight) * 2 < self._limit:
-            return  # not using what we have: no evidence the server takes more
-        if self._slow_start:
-            self._set_limit(self._limit + 1, "slow_start")
-            return
-        self._growth += 1.0 / self._limit
-        if self._growth >= 1.0:
-            self._growth = 0.0
-            self._set_limit(self._limit + 1, "grow")
+        limit, self._growth = grow_limit(
+            self._limit,
+            slow_start=self._slow_start,
+            growth=self._growth,
+            in_flight=len(self._in_flight),
+            ceiling=self.ceiling,
+        )
+        self._set_limit(limit, "slow_start" if self._slow_start else "grow")
 
     def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
         # Completions from now on may wake it (see wait_for_release); earlier ones freed slots
@@ -157,9 +183,7 @@ class AdaptiveLimiter:
         self._slow_start = False
         self._growth = 0.0
         self._epoch += 1
-        # At most halve per round trip: the oldest request may reach the server last, and
-        # "older" then undercounts what the server admitted.
-        self._set_limit(min(self._limit - 1, max(older, self._limit // 2)), "cut")
+        self._set_limit(cut_limit(self._limit, older, self.floor), "cut")
 
     def _set_limit(self, value: int, why: str) -> None:
         value = max(self.floor, value)

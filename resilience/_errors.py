@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from ._events import redact_url
+from ._events import DEFAULT_REDACTION, Redaction, redact_url
 
 __all__ = ["AccountStopped", "ApiError", "CircuitOpen", "DeadlineExceeded"]
 
@@ -34,6 +34,7 @@ class ApiError(aiohttp.ClientResponseError):
         attempts: int,
         server_request_id: str | None = None,
         headers: Any = None,
+        redaction: Redaction = DEFAULT_REDACTION,
     ) -> None:
         code = error_code
         message = f"{code or 'HTTP ' + str(status)}: {detail}" if detail else (code or "")
@@ -48,10 +49,11 @@ class ApiError(aiohttp.ClientResponseError):
         self.request_id = request_id
         self.attempts = attempts
         self.server_request_id = server_request_id
+        self._redaction = redaction
 
     def __str__(self) -> str:
         # aiohttp's str() shows the full URL; keep credentials in query strings out of it.
-        url = redact_url(self.request_info.real_url)
+        url = redact_url(self.request_info.real_url, self._redaction)
         return f"{self.status}, message={self.message!r}, url={url!r}"
 
 

@@ -38,8 +38,9 @@ from ._decide import (
     transport_ending,
 )
 from ._errors import ApiError, DeadlineExceeded
-from ._events import debug_enabled, emit_attempt, redact_url
+from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
 from ._store import Admission, Feedback, LocalStore, Store
+from ._validate import boolean, header_name, integer, number
 from .instrumentation._hooks import AttemptStart, Hook, HookRunner, WaitKind, WaitRecord
 
 __all__ = ["ResilienceMiddleware", "Settings"]
@@ -61,6 +62,10 @@ def new_request_id() -> str:
     return f"{n:032x}"
 
 
+MAX_ELAPSED_LIMIT: Final = 366 * 86400.0  # a year: a longer deadline is a typo, not a plan
+MAX_ENVELOPE_CAP: Final = 64 * 1024 * 1024  # an envelope is a few hundred bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The middleware's settings, validated once. See :class:`ResilienceMiddleware`."""
@@ -72,24 +77,21 @@ class Settings:
     raise_api_errors: bool = False
     envelope_cap: int = 64 * 1024
     request_id_header: str = "X-Request-ID"
+    redaction: Redaction = DEFAULT_REDACTION
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
-        if self.max_elapsed is not None and not (0 < self.max_elapsed < float("inf")):
-            raise ValueError(
-                f"max_elapsed must be > 0 and finite, or None; got {self.max_elapsed!r}"
-            )
+        integer("max_attempts", self.max_attempts, low=1)
+        if self.max_elapsed is not None:
+            number("max_elapsed", self.max_elapsed, above=0, high=MAX_ELAPSED_LIMIT)
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {type(self.backoff).__name__}")
         if not isinstance(self.codes, CodeTable):
             raise TypeError(f"codes must be a CodeTable, got {type(self.codes).__name__}")
-        if self.envelope_cap < 0:
-            raise ValueError(f"envelope_cap must be >= 0, got {self.envelope_cap!r}")
-        if not self.request_id_header:
-            raise ValueError("request_id_header must not be empty")
+        boolean("raise_api_errors", self.raise_api_errors)
+        integer("envelope_cap", self.envelope_cap, low=0, high=MAX_ENVELOPE_CAP)
+        header_name("request_id_header", self.request_id_header)
+        if not isinstance(self.redaction, Redaction):
+            raise TypeError(f"redaction must be a Redaction, got {type(self.redaction).__name__}")
 
 
 class ResilienceMiddleware:
@@ -117,6 +119,8 @@ class ResilienceMiddleware:
             returning the response.
         envelope_cap: largest error body (decoded bytes) read for classification.
         request_id_header: the header carrying the logical request's ID.
+        redaction: more query parameter names and path patterns to hide from log events and
+            ``str(ApiError)``, on top of the built-in rules (see :class:`Redaction`).
         hooks: told about every attempt's start and end and every wait
             (:class:`resilience.instrumentation.Hook`); e.g. ``OpenTelemetryHook()``.
     """
@@ -135,6 +139,7 @@ class ResilienceMiddleware:
         raise_api_errors: bool = False,
         envelope_cap: int = 64 * 1024,
         request_id_header: str = "X-Request-ID",
+        redaction: Redaction | None = None,
         hooks: Sequence[Hook] = (),
     ) -> None:
         self.settings: Final = Settings(
@@ -145,6 +150,7 @@ class ResilienceMiddleware:
             raise_api_errors=raise_api_errors,
             envelope_cap=envelope_cap,
             request_id_header=request_id_header,
+            redaction=redaction if redaction is not None else DEFAULT_REDACTION,
         )
         if store is None:
             store = LocalStore(
@@ -354,6 +360,7 @@ class _Call:
                 attempts=self.attempt,
                 server_request_id=verdict.server_request_id,
                 headers=resp.headers,
+                redaction=self.mw.settings.redaction,
             )
             resp.release()
             raise error
@@ -394,7 +401,7 @@ class _Call:
         return AttemptRecord(
             request_id=self.request_id,
             method=req.method,
-            url=start.url if start is not None else redact_url(req.url),
+            url=start.url if start is not None else redact_url(req.url, self.mw.settings.redaction),
             attempt=self.attempt,
             status=verdict.status if resp is None else resp.status,
             code=verdict.code,
@@ -424,7 +431,7 @@ class _Call:
         start = AttemptStart(
             request_id=self.request_id,
             method=req.method,
-            url=redact_url(url),
+            url=redact_url(url, self.mw.settings.redaction),
             attempt=self.attempt,
             origin=self.origin,
             server_address=url.host or "",

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import anyio
 
-__all__ = ["MAX_RETRY_AFTER", "Clock", "Cubic", "RatePacer", "TokenBucket", "WindowRate"]
+__all__ = [
+    "MAX_RETRY_AFTER", "PACING", "Clock", "Cubic", "PacingRule", "RatePacer", "TokenBucket",
+    "WindowRate",
+]  # fmt: skip
 
 Clock = Callable[[], float]
 
@@ -150,6 +154,50 @@ class TokenBucket:
         self._tokens -= 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class PacingRule:
+    """The pacing rule's constants and arithmetic, apart from its enforcement.
+
+    The one source of these numbers: ``RatePacer`` uses them in this process and the fleet's
+    Lua scripts (``resilience/redis/scripts``) get them rendered in when they are loaded.
+    """
+
+    beta: float = 0.7
+    """A 429 cuts the rate to this share of what went through."""
+    recovery: float = 1.0
+    """Seconds after a cut at which CUBIC is back at the rate that was cut."""
+    min_rate: float = 0.5
+    """Requests/s pacing never goes below."""
+    burst: float = 0.02
+    """Seconds' worth of sends that may go at once (at least one)."""
+    idle_reset: float = 30.0
+    """Pacing switches off this many seconds after the last 429."""
+    window: float = 1.0
+    """Seconds over which the response rate is measured."""
+    window_slots: int = 20
+    """The window slides in this many steps."""
+    minimum_span: float = 0.01
+    """The shortest span a first rate estimate averages over (errs high on purpose)."""
+
+    def cut(self, measured: float, rate: float | None) -> tuple[float, float]:
+        """A 429 while ``measured`` responses/s went through at pacing ``rate`` (None: not
+        pacing): the rate that was cut (CUBIC's w_max) and the new pacing rate."""
+        current = measured if rate is None else min(measured, rate)
+        current = max(current, self.min_rate)
+        return current, max(current * self.beta, self.min_rate)
+
+    def grow(self, w_max: float, since_cut: float, measured: float, rate: float) -> float:
+        """A success ``since_cut`` seconds after the cut from ``w_max``: CUBIC, at most to
+        twice what is measured; a success never lowers the rate (after an idle spell the
+        measured rate is low, not the server's limit)."""
+        scale = max(w_max * (1 - self.beta) / self.recovery**3, 1e-9)
+        cubic = Cubic(w_max, 0.0, scale=scale, beta=self.beta)
+        return max(min(cubic.success_received(since_cut), max(2.0 * measured, rate)), self.min_rate)
+
+
+PACING: Final = PacingRule()
+
+
 class RatePacer:
     """The rate gate and pacer for one origin.
 
@@ -166,20 +214,22 @@ class RatePacer:
         self,
         *,
         clock: Clock = time.monotonic,
-        beta: float = 0.7,
-        recovery: float = 1.0,
-        min_rate: float = 0.5,
-        burst: float = 0.02,
-        idle_reset: float = 30.0,
+        beta: float = PACING.beta,
+        recovery: float = PACING.recovery,
+        min_rate: float = PACING.min_rate,
+        burst: float = PACING.burst,
+        idle_reset: float = PACING.idle_reset,
     ) -> None:
         self._clock = clock
-        self._beta = beta
-        self._recovery = recovery
+        self._rule = PacingRule(
+            beta=beta, recovery=recovery, min_rate=min_rate, burst=burst, idle_reset=idle_reset
+        )
         now = clock()
         self._started = now
         self._blocked_until = now
-        self._measure = WindowRate()
-        self._cubic: Cubic | None = None
+        self._measure = WindowRate(PACING.window, PACING.window_slots, PACING.minimum_span)
+        self._w_max = 0.0  # the rate of the last cut
+        self._last_cut = now
         self._bucket: TokenBucket | None = None
         self._min_rate = min_rate
         self._burst = burst
@@ -213,7 +263,7 @@ class RatePacer:
             return self._blocked_until > self._clock()
         now = self._clock()
         if now - self._last_throttle > self._idle_reset:
-            self._bucket = self._cubic = None
+            self._bucket = None
             return self._blocked_until > now
         return True
 
@@ -247,25 +297,19 @@ class RatePacer:
                 return closed  # this round trip was already cut
             self._epoch += 1
             measured = self._measure.rate(now)
-            current = measured if self._bucket is None else min(measured, self._bucket.rate)
-            current = max(current, self._min_rate)
-            scale = max(current * (1 - self._beta) / self._recovery**3, 1e-9)
-            if self._cubic is None:
-                self._cubic = Cubic(current, now, scale=scale, beta=self._beta)
-            else:
-                self._cubic._scale = scale
-            new_rate = self._cubic.error_received(current, now)
+            rate = self._bucket.rate if self._bucket is not None else None
+            self._w_max, new_rate = self._rule.cut(measured, rate)
+            self._last_cut = now
             if self._bucket is None:
                 self._bucket = TokenBucket(
                     new_rate, now, min_rate=self._min_rate, burst=self._burst
                 )
             else:
                 self._bucket.set_rate(new_rate, now)
-        elif self._cubic is not None and self._bucket is not None:
-            # Grow along CUBIC, at most to twice what is measured; a success never lowers the
-            # rate (after an idle spell the measured rate is low, not the server's limit).
+        elif self._bucket is not None:
             measured = self._measure.rate(now)
-            current = self._bucket.rate
-            new_rate = min(self._cubic.success_received(now), max(2.0 * measured, current))
+            new_rate = self._rule.grow(
+                self._w_max, now - self._last_cut, measured, self._bucket.rate
+            )
             self._bucket.set_rate(new_rate, now)
         return closed

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from yarl import URL
 
-from resilience import ApiError, DeadlineExceeded
-from resilience._events import Redaction, redact_url
+from resilience import ApiError, DeadlineExceeded, Redaction
+from resilience._events import redact_url
 from resilience.testing import Emulator, Fault
 from tests.conftest import (
     MB,
@@ -516,7 +516,7 @@ async def test_redis_error_text_never_carries_the_password(logs: Events) -> None
     async with RedisStore.from_url(url, namespace="scrub", redis_timeout=0.1) as store:
         admission = await store.admit("http://api.test", None)  # Redis is down: local fallback
         admission.release()
-        quoted = store._describe(
+        quoted = store._fallback.describe(
             redis_exceptions.AuthenticationError(f"invalid password '{password}' for default")
         )
     (fallback,) = [e for e in logs if e.get("action") == "fallback"]
@@ -524,3 +524,22 @@ async def test_redis_error_text_never_carries_the_password(logs: Events) -> None
     assert password not in json.dumps(logs, default=repr)
     assert password not in quoted
     assert "REDACTED" in quoted
+
+
+async def test_user_redaction_rules_cover_every_event_and_api_error(logs: Events) -> None:
+    """``ResilienceMiddleware(redaction=Redaction(...))``: a token in the path (a Telegram-style
+    ``/bot<token>/``) and a parameter name of the user's never reach an event or ApiError."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": False, "code": "VALIDATION_ERROR"}, status=422)
+
+    rules = Redaction(params=("sid",), paths=(r"/bot([^/]+)/",))
+    mw = middleware(raise_api_errors=True, redaction=rules)
+    async with serve(answer) as base, aiohttp.ClientSession(middlewares=(mw,)) as s:
+        url = base.with_path("/bot123:S3CR3T-PATH/sendMessage").with_query(sid="S3CR3T-SID")
+        with pytest.raises(ApiError) as raised:
+            await s.get(url)
+    rendered = json.dumps(logs, default=repr) + str(raised.value)
+    assert "S3CR3T" not in rendered
+    (event,) = attempts(logs)
+    assert event["url"].endswith("/botREDACTED/sendMessage?sid=REDACTED")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
@@ -16,7 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilience import Backoff, CodeTable, ErrorSpec, Handling, LocalStore, RetryBudgetSettings
+from resilience import (
+    Backoff,
+    CodeTable,
+    ErrorSpec,
+    Handling,
+    LocalStore,
+    ResilienceMiddleware,
+    RetryBudgetSettings,
+)
 
 NAN, INF = float("nan"), float("inf")
 
@@ -120,6 +129,39 @@ def _cases(
     return [Case(f"{name}({f}=)", functools.partial(build, f), works) for f in fields]
 
 
+def _middleware(field: str, value: Any) -> ResilienceMiddleware:
+    return ResilienceMiddleware(**{field: value})
+
+
+def _middleware_works(mw: ResilienceMiddleware) -> None:
+    settings = mw.settings
+    assert isinstance(settings.max_attempts, int)
+    assert settings.max_attempts >= 1
+    assert settings.max_elapsed is None or (
+        _finite(settings.max_elapsed) and settings.max_elapsed > 0
+    )
+    assert type(settings.envelope_cap) is int
+    assert settings.envelope_cap >= 0
+    assert isinstance(settings.raise_api_errors, bool)
+    assert re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", settings.request_id_header)
+    store = mw.store
+    assert isinstance(store, LocalStore)
+    assert store.budget is None or math.isfinite(store.budget.balance)
+
+
+def _redis_store(field: str, value: Any) -> object:
+    from resilience.redis import RedisStore
+
+    return RedisStore.from_url("redis://127.0.0.1:1/0", namespace="v", **{field: value})
+
+
+def _redis_store_works(store: Any) -> None:
+    settings = store._settings
+    for name in ("lease_ttl", "redis_timeout", "probe_max_delay", "state_ttl"):
+        assert _finite(getattr(settings, name)), name
+    assert type(settings.max_connections) is int
+
+
 CASES = [
     *_cases("Backoff", _backoff, ("initial", "multiplier", "max_delay", "jitter"), _backoff_works),
     Case("Backoff.preview()", _preview, lambda _: None),
@@ -138,6 +180,36 @@ CASES = [
     Case("with_overrides(code=)", _flag_override, _table_works),
     Case("with_overrides(spec)", _spec_override, _table_works),
     *_cases("RetryBudgetSettings", _budget, ("ratio", "min_per_second", "ttl"), _budget_works),
+    *_cases(
+        "ResilienceMiddleware",
+        _middleware,
+        (
+            "max_attempts",
+            "max_elapsed",
+            "max_concurrency",
+            "initial_concurrency",
+            "retry_budget",
+            "raise_api_errors",
+            "envelope_cap",
+            "request_id_header",
+        ),
+        _middleware_works,
+    ),
+    *_cases(
+        "RedisStore",
+        _redis_store,
+        (
+            "lease_ttl",
+            "redis_timeout",
+            "max_connections",
+            "probe_max_delay",
+            "state_ttl",
+            "max_concurrency",
+            "initial_concurrency",
+            "retry_budget",
+        ),
+        _redis_store_works,
+    ),
 ]
 
 
@@ -149,7 +221,7 @@ def _json_safe(value: object) -> bool:
     return True
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(case=st.sampled_from(CASES), value=ODD)
 def test_every_public_constructor_rejects_odd_values_or_works(case: Case, value: object) -> None:
     if case.name.startswith("CodeTable.from_json") and not _json_safe(value):
@@ -178,3 +250,42 @@ def test_bad_retry_budget_settings_fail_at_construction(
 ) -> None:
     with pytest.raises(error):
         RetryBudgetSettings(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"envelope_cap": NAN}, TypeError),  # nan turned classification by code off
+        ({"envelope_cap": 1.5}, TypeError),
+        ({"envelope_cap": INF}, TypeError),
+        ({"envelope_cap": True}, TypeError),
+        ({"envelope_cap": 2**40}, ValueError),
+        ({"max_elapsed": 10**400}, ValueError),  # passed, then overflowed
+        ({"max_elapsed": NAN}, ValueError),
+        ({"max_elapsed": "60"}, TypeError),
+        ({"request_id_header": 123}, TypeError),
+        ({"request_id_header": "X-Id\r\nInjected: 1"}, ValueError),
+        ({"request_id_header": "Bad Header"}, ValueError),
+        ({"request_id_header": ""}, ValueError),
+        ({"retry_budget": "x"}, TypeError),
+        ({"raise_api_errors": "yes"}, TypeError),
+        ({"raise_api_errors": 1}, TypeError),
+    ],
+)
+def test_bad_middleware_settings_fail_at_construction(
+    kwargs: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        ResilienceMiddleware(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"probe_max_delay": NAN}, {"probe_max_delay": INF}, {"max_connections": 2.5},
+     {"state_ttl": NAN}],
+)  # fmt: skip
+def test_bad_redis_store_settings_fail_at_construction(kwargs: dict[str, object]) -> None:
+    from resilience.redis import RedisStore
+
+    with pytest.raises((TypeError, ValueError)):
+        RedisStore.from_url("redis://127.0.0.1:1/0", namespace="v", **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""The admission handles RedisStore hands out: one admitted attempt each.
+
+``SharedAdmission`` holds a lease in Redis; ``LocalAdmission`` one of the fallback's local
+permits. Each knows how to report its answer, release its permit and park after a plan-limit
+429, so the store never asks what kind of permit it was given.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from .._events import GATE_EVENT, emit
+from .._store import Admission, Feedback, Signal
+from ._connection import Unavailable
+from ._leases import Lease
+
+if TYPE_CHECKING:
+    from ._store import RedisStore
+
+__all__ = ["LocalAdmission", "SharedAdmission"]
+
+# What a release feeds into the limits: 1 grows the limit, 2 is an answer that hit no limit.
+_ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2, Signal.FAILURE: 2}
+
+
+class SharedAdmission:
+    """An attempt admitted by the fleet: a lease in the namespace's permits."""
+
+    __slots__ = ("_answer", "_store", "lease", "limit", "origin", "rate_epoch")
+
+    def __init__(
+        self, store: RedisStore, origin: str, lease: Lease, limit: int, rate_epoch: int
+    ) -> None:
+        self._store = store
+        self.origin = origin
+        self.lease = lease
+        self.limit = limit
+        self.rate_epoch = rate_epoch  # the pacing epoch of the slot it was sent in
+        self._answer = 0  # what the release feeds in: 0 none, 1 success, 2 another answer
+
+    @property
+    def released(self) -> bool:
+        return self.lease.released
+
+    async def report(self, feedback: Feedback) -> None:
+        """Feed the answer in; successes ride on the release (no extra round trip)."""
+        signal, retry_after = feedback.signal, feedback.gate
+        answer = _ANSWERS.get(signal)
+        if answer is not None:
+            self._answer = answer
+            return
+        store = self._store
+        if store._fallback.shared:
+            lease = self.lease
+            try:
+                reply = await store._run(
+                    "report",
+                    "report",
+                    store._keys.limit_keys(self.origin),
+                    [1 if signal is Signal.CONCURRENCY else 2, lease.id, lease.epoch,
+                     -1 if retry_after is None else round(retry_after * 1000, 3),
+                     self.rate_epoch, *store._settings.limit_args],
+                    idempotent=False,
+                )  # fmt: skip
+            except Unavailable:
+                pass
+            else:
+                old, new, closed, milli = (int(x) for x in reply)
+                store._note_limit(old, new, "cut")
+                if closed:
+                    emit(
+                        GATE_EVENT,
+                        "info",
+                        origin=self.origin,
+                        closed_for=round(retry_after or 0.0, 3),
+                        pace=round(milli / 1000, 2) if milli >= 0 else None,
+                        namespace=store.namespace,
+                    )
+                return
+        if signal is Signal.RATE:
+            # Redis is gone: the server's Retry-After still closes this process's gate.
+            pacer = store._fallback.local.pacer(self.origin)
+            pacer.on_response(rate_limited=True, retry_after=retry_after, epoch=pacer.epoch)
+
+    def release(self) -> None:
+        """Return the lease with the next Redis call of this process (sent right away in a
+        background task if none is on its way). Synchronous and idempotent."""
+        if self.lease.released:
+            return
+        self.lease.released = True
+        self._store._return_lease(self.lease, self.origin, self._answer)
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Park until a permit frees anywhere in the fleet, or ``timeout``."""
+        store = self._store
+        if store._fallback.shared:
+            await store._park(max(timeout, 0.0))
+        else:  # admitted before a fallback: nothing local to compare with
+            await store._fallback.local.limiter.wait_for_release(timeout)
+
+
+class LocalAdmission:
+    """An attempt admitted by the fallback's local limits while Redis was unreachable.
+
+    The local store's own handle, counted while it is in flight: the permits a rejoin finds
+    still on the wire belong to the shared limit too.
+    """
+
+    __slots__ = ("_inner", "_live")
+
+    def __init__(self, inner: Admission, live: set[LocalAdmission]) -> None:
+        self._inner = inner
+        self._live = live
+        live.add(self)
+
+    @property
+    def limit(self) -> int:
+        return self._inner.limit
+
+    async def report(self, feedback: Feedback) -> None:
+        await self._inner.report(feedback)
+
+    def release(self) -> None:
+        self._live.discard(self)
+        self._inner.release()
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self._inner.wait_for_release(timeout)

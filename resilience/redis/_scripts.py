@@ -1,0 +1,89 @@
+"""The Lua scripts: package data in ``scripts/``, with the rules' constants rendered in.
+
+Every script reads the time from Redis (``TIME``), never from a client, and touches only the
+keys it is given, all under the namespace's hash tag (see ``_keys.py``). A script's source is
+the rendered constants, then every library in ``scripts/lib/`` in file-name order (a new
+library is a new file: ``50_quota.lua`` runs after ``40_limit.lua``), then the script itself.
+
+The constants come from the pure rules, never from the Lua files: ``PacingRule``
+(``resilience/_pacing.py``) for the pacer, and ``REORDER`` below, which only a fleet needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+from redis.commands.core import AsyncScript
+
+from .._pacing import PACING, PacingRule
+
+__all__ = ["REORDER", "Scripts", "constants", "source"]
+
+REORDER: Final = 0.003
+"""Seconds by which a permit granted after a rejected one may still have reached the server
+first (sends race between processes): such a permit counts as sent before it in a cut."""
+
+
+def constants(rule: PacingRule = PACING) -> dict[str, float]:
+    """The values the scripts see as Lua globals-by-name (times in milliseconds)."""
+    return {
+        "BETA": rule.beta,
+        "RECOVERY": rule.recovery,
+        "MIN_RATE": rule.min_rate,
+        "BURST_MS": rule.burst * 1000,
+        "IDLE_RESET_MS": rule.idle_reset * 1000,
+        "WINDOW_MS": rule.window * 1000,
+        "RATE_SLOTS": rule.window_slots,
+        "MIN_SPAN_MS": rule.minimum_span * 1000,
+        "REORDER_MS": REORDER * 1000,
+    }
+
+
+def _render(values: dict[str, float]) -> str:
+    return "".join(f"local {name} = {float(value)!r}\n" for name, value in values.items())
+
+
+def _read(*parts: str) -> str:
+    path = resources.files(__package__) / "scripts"
+    for part in parts:
+        path = path / part
+    return path.read_text("utf-8")
+
+
+@functools.cache
+def library() -> str:
+    """The constants and every library, in the order each script gets them."""
+    lib = resources.files(__package__) / "scripts" / "lib"
+    names = sorted(entry.name for entry in lib.iterdir() if entry.name.endswith(".lua"))
+    return _render(constants()) + "".join(_read("lib", name) for name in names)
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The full source of ``scripts/<name>.lua`` as Redis runs it."""
+    return library() + _read(f"{name}.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The store's scripts, registered on one client (EVALSHA, NOSCRIPT reloads)."""
+
+    acquire: AsyncScript
+    report: AsyncScript
+    release: AsyncScript
+    renew: AsyncScript
+    budget: AsyncScript
+
+    @classmethod
+    def register(cls, client: object) -> Scripts:
+        register = client.register_script  # type: ignore[attr-defined]
+        return cls(
+            acquire=register(source("acquire")),
+            report=register(source("report")),
+            release=register(source("release")),
+            renew=register(source("renew")),
+            budget=register(source("budget")),
+        )

@@ -1,0 +1,105 @@
+-- PacingRule.cut (resilience/_pacing.py): a 429 while `measured` responses/s went through at
+-- pacing `rate` (nil: not pacing) -> the rate that was cut (CUBIC's w_max), the new rate
+local function pace_cut(measured, rate)
+  local current = measured
+  if rate and rate < current then current = rate end
+  current = math.max(current, MIN_RATE)
+  return current, math.max(current * BETA, MIN_RATE)
+end
+
+-- PacingRule.grow: a success `since_cut` seconds after the cut from `wmax`
+local function pace_grow(wmax, since_cut, measured, rate)
+  local scale = math.max(wmax * (1 - BETA) / (RECOVERY ^ 3), 1e-9)
+  local k = (wmax * (1 - BETA) / scale) ^ (1 / 3)
+  local cubic = scale * (since_cut - k) ^ 3 + wmax
+  return math.max(math.min(cubic, math.max(2 * measured, rate)), MIN_RATE)
+end
+
+-- WindowRate (resilience/_pacing.py): responses per second (429s included) over the last
+-- window, counted in RATE_SLOTS slots; until a whole window has passed, over the time since the
+-- first response (at least MIN_SPAN_MS), erring high on purpose. Kept in the origin's hash.
+local SLOT_MS = WINDOW_MS / RATE_SLOTS
+local SLOT_FIELDS = {}
+for i = 0, RATE_SLOTS - 1 do SLOT_FIELDS[#SLOT_FIELDS + 1] = 'c' .. i end
+
+local function window_load(key)
+  local v = redis.call('HMGET', key, 'first', 'slot', unpack(SLOT_FIELDS))
+  local w = {first = tonumber(v[1]), slot = tonumber(v[2]) or 0, counts = {}}
+  for i = 0, RATE_SLOTS - 1 do w.counts[i] = tonumber(v[3 + i]) or 0 end
+  return w
+end
+
+local function window_advance(w, now)
+  local slot = math.floor(now / SLOT_MS)
+  local gap = slot - w.slot
+  if gap > 0 then
+    for i = 1, math.min(gap, RATE_SLOTS) do w.counts[(w.slot + i) % RATE_SLOTS] = 0 end
+    w.slot = slot
+  end
+end
+
+local function window_record(w, now)
+  if w.first == nil then
+    w.first = now
+    w.slot = math.floor(now / SLOT_MS)
+  end
+  window_advance(w, now)
+  w.counts[w.slot % RATE_SLOTS] = w.counts[w.slot % RATE_SLOTS] + 1
+end
+
+local function window_rate(w, now)
+  if w.first == nil then return 0 end
+  window_advance(w, now)
+  local sum = 0
+  for i = 0, RATE_SLOTS - 1 do sum = sum + w.counts[i] end
+  return sum / (math.min(WINDOW_MS, math.max(now - w.first, MIN_SPAN_MS)) / 1000)
+end
+
+local function window_fields(w, out)
+  out[#out + 1] = 'first'; out[#out + 1] = w.first
+  out[#out + 1] = 'slot'; out[#out + 1] = w.slot
+  for i = 0, RATE_SLOTS - 1 do out[#out + 1] = 'c' .. i; out[#out + 1] = w.counts[i] end
+  return out
+end
+
+-- One response into the origin's gate and CUBIC pacer (RatePacer.on_response).
+local function rate_response(key, now, limited, retry_after, epoch_sent, state_ttl)
+  local v = redis.call('HMGET', key, 'blocked', 'epoch', 'rate', 'wmax', 'lastfail')
+  local blocked = tonumber(v[1]) or 0
+  local epoch = tonumber(v[2]) or 0
+  local rate = tonumber(v[3])
+  local wmax = tonumber(v[4]) or 0
+  local lastfail = tonumber(v[5]) or now
+  local w = window_load(key)
+  window_record(w, now)
+  local closed = 0
+  local new_rate = nil
+  if limited then
+    redis.call('HSET', key, 'throttled', now)
+    if retry_after >= 0 and now + retry_after > blocked then
+      if blocked <= now then closed = 1 end
+      blocked = now + retry_after
+    end
+    if epoch_sent == epoch then
+      -- a cut, at most once per round trip: only sends paced since the last cut may cut
+      epoch = epoch + 1
+      wmax, new_rate = pace_cut(window_rate(w, now), rate)
+      lastfail = now
+    end
+  elseif rate then
+    new_rate = pace_grow(wmax, (now - lastfail) / 1000, window_rate(w, now), rate)
+  end
+  if new_rate then
+    -- a new rate spaces the sends scheduled from now on; those already scheduled keep their
+    -- time (no re-pricing of borrowed slots, which would open a hole in the schedule)
+    if rate == nil then redis.call('HSET', key, 'tat', now + BURST_MS) end
+    rate = math.max(new_rate, MIN_RATE)
+    redis.call('HSET', key, 'rate', rate, 'wmax', wmax, 'lastfail', lastfail)
+  end
+  redis.call('HSET', key, 'blocked', blocked, 'epoch', epoch,
+             unpack(window_fields(w, {})))
+  redis.call('PEXPIRE', key, state_ttl)
+  local milli = -1
+  if rate then milli = math.floor(rate * 1000) end
+  return closed, milli
+end
