@@ -1,4 +1,9 @@
-"""The adaptive concurrency limit: loss-based AIMD on an anyio ``CapacityLimiter``."""
+"""The adaptive concurrency limit: loss-based AIMD over an in-flight count with FIFO waiters.
+
+A free slot is taken with no await and no event-loop round trip (the common case costs a dict
+insert); only a request that finds the limit reached queues, on an anyio ``Event``. Slots
+handed to a waiter are reserved until it runs, so a newcomer cannot take them first.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +58,7 @@ class ConcurrencyPermit:
 
 
 class AdaptiveLimiter:
-    """Loss-based AIMD concurrency limit on an anyio ``CapacityLimiter``.
+    """Loss-based AIMD concurrency limit.
 
     * Starts at ``initial`` and doubles per round trip while the server accepts (slow start).
     * A ``429 GENERATION_CONCURRENCY_EXCEEDED`` cuts the limit to the number of our requests
@@ -84,7 +89,10 @@ class AdaptiveLimiter:
         self.name = name
         start = min(initial, ceiling) if ceiling is not None else initial
         self._limit = start
-        self._limiter = anyio.CapacityLimiter(start)
+        # Tasks waiting for a slot, first come first served; a slot handed to one is counted
+        # in _reserved until that task runs.
+        self._waiters: deque[anyio.Event] = deque()
+        self._reserved = 0
         self._epoch = 0
         self._seq = 0
         self._slow_start = True
@@ -104,30 +112,43 @@ class AdaptiveLimiter:
 
     @property
     def waiting(self) -> int:
-        return self._limiter.statistics().tasks_waiting + len(self._parked)
+        return len(self._waiters) + len(self._parked)
 
     def try_acquire(self) -> ConcurrencyPermit | None:
-        """A permit if one is free now (no event-loop round trip), else None."""
-        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(permit)
-        except anyio.WouldBlock:
+        """A permit if one is free now and nobody queues before us, else None."""
+        if self._waiters or len(self._in_flight) + self._reserved >= self._limit:
             return None
-        return self._admitted(permit)
+        return self._admitted()
 
     async def acquire(self) -> ConcurrencyPermit:
         permit = self.try_acquire()
         if permit is not None:
             return permit
-        permit = ConcurrencyPermit(seq=0, epoch=0, limit=0)
-        await self._limiter.acquire_on_behalf_of(permit)
-        return self._admitted(permit)
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # handed a slot, then cancelled: pass it on
+                self._reserved -= 1
+                self._hand_over()
+            else:
+                self._waiters.remove(event)
+            raise
+        self._reserved -= 1
+        return self._admitted()
 
-    def _admitted(self, permit: ConcurrencyPermit) -> ConcurrencyPermit:
+    def _admitted(self) -> ConcurrencyPermit:
         self._seq += 1
-        permit.seq, permit.epoch, permit.limit = self._seq, self._epoch, self._limit
+        permit = ConcurrencyPermit(self._seq, self._epoch, self._limit)
         self._in_flight[permit] = permit.seq
         return permit
+
+    def _hand_over(self) -> None:
+        """Give free slots to the longest-waiting tasks."""
+        while self._waiters and len(self._in_flight) + self._reserved < self._limit:
+            self._reserved += 1
+            self._waiters.popleft().set()
 
     def release(self, permit: ConcurrencyPermit) -> None:
         """Give the slot back; idempotent, safe from sync callbacks and ``finally`` blocks."""
@@ -136,7 +157,8 @@ class AdaptiveLimiter:
         permit.released = True
         self._releases += 1
         self._in_flight.pop(permit, None)
-        self._limiter.release_on_behalf_of(permit)
+        if self._waiters:
+            self._hand_over()
         if self._parked:
             self._parked.popleft().set()
 
@@ -192,7 +214,8 @@ class AdaptiveLimiter:
         if value == self._limit:
             return
         old, self._limit = self._limit, value
-        self._limiter.total_tokens = value
+        if value > old:
+            self._hand_over()
         # Cuts matter to an operator; growth happens every round trip and stays at DEBUG.
         emit(
             LIMIT_EVENT,
