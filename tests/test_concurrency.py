@@ -15,7 +15,8 @@ pytestmark = pytest.mark.anyio
 async def test_a_free_slot_is_taken_without_waiting() -> None:
     limiter = AdaptiveLimiter(initial=2)
     first, second = limiter.try_acquire(), limiter.try_acquire()
-    assert isinstance(first, ConcurrencyPermit) and isinstance(second, ConcurrencyPermit)
+    assert isinstance(first, ConcurrencyPermit)
+    assert isinstance(second, ConcurrencyPermit)
     assert limiter.try_acquire() is None
     assert limiter.in_flight == 2
 
