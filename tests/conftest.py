@@ -36,6 +36,8 @@ structlog.configure(
 )
 
 Events = list[MutableMapping[str, Any]]
+PLUGIN_ENTRY_POINT = "resilience"  # the name under pytest11 in pyproject.toml
+PLUGIN_MODULE = "resilience.testing.pytest_plugin"
 FAST = Backoff(initial=0.001, multiplier=2, max_delay=0.004)
 MB = 1024 * 1024
 MEMORY_CEILING = 8 * MB  # what "memory stays low" means here: far below one 50 MB body
@@ -45,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "emulator(**settings): the Emulator settings of the `emu` fixture"
     )
+    # Our own pytest plugin comes through its pytest11 entry point once the package is
+    # installed; load it here when the installed metadata predates it (a stale editable
+    # install), so the suite tests this checkout's plugin either way.
+    if not config.pluginmanager.has_plugin(PLUGIN_ENTRY_POINT):
+        config.pluginmanager.import_plugin(PLUGIN_MODULE)
 
 
 @pytest.fixture

