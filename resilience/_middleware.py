@@ -53,6 +53,12 @@ _GAVE_UP: contextvars.ContextVar[_GaveUp | None] = contextvars.ContextVar(
     "resilience_gave_up", default=None
 )
 
+# The request the outermost resilience middleware of this task is running, so an inner one
+# (a library's session wrapped again by the app) passes it through.
+_HANDLING: contextvars.ContextVar[ClientRequest | None] = contextvars.ContextVar(
+    "resilience_handling", default=None
+)
+
 
 def new_request_id() -> str:
     """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex``, without the UUID."""
@@ -185,13 +191,21 @@ class ResilienceMiddleware:
         return f"ResilienceMiddleware({self.settings!r}, store={self.store!r})"
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if _HANDLING.get() is req:
+            # An outer resilience middleware runs this very request: it retries, we must not
+            # (3 x 3 attempts otherwise). Another request sent from inside is not this one.
+            return await handler(req)
         stale = _GAVE_UP.get()
         if stale is not None:
             _GAVE_UP.set(None)  # one-shot, whatever comes next
             task, method, url, exc = stale
             if task is asyncio.current_task() and method == req.method and url == str(req.url):
                 raise exc
-        return await _Call(self, req, handler).run()
+        token = _HANDLING.set(req)
+        try:
+            return await _Call(self, req, handler).run()
+        finally:
+            _HANDLING.reset(token)
 
 
 class _Call:
@@ -289,7 +303,8 @@ class _Call:
                 if resp is not None:
                     resp.close()
                 admission.release()
-                self._abandon(start, exc, began, sent_at)
+                if not self._log_cut_off(exc, began, sent_at, resp, start):
+                    self._abandon(start, exc, began, sent_at)
                 raise
             self._log(ending, decision, began, sent_at, resp, start, feedback)
             if decision.wait is Wait.NONE:
@@ -304,6 +319,24 @@ class _Call:
                 _discard(resp)
             admission.release()
             await self._wait(decision, admission)
+
+    def _log_cut_off(
+        self,
+        exc: BaseException,
+        began: float,
+        sent_at: float,
+        resp: ClientResponse | None,
+        start: AttemptStart | None,
+    ) -> bool:
+        """The caller's timeout or cancellation ended the attempt while its error body was
+        read: still exactly one event for it, with its status. False for anything else."""
+        stopped = transport_ending(exc)
+        if resp is None or stopped is None or stopped.stopped is None:
+            return False
+        cut = Ending(replace(stopped.verdict, status=resp.status), stopped=stopped.stopped)
+        decision = Decision(Outcome.FAIL, reason=stopped.stopped)
+        self._log(cut, decision, began, sent_at, resp, start, None)
+        return True
 
     async def _classify(self, resp: ClientResponse) -> Ending:
         if resp.status < 400:

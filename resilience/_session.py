@@ -20,7 +20,8 @@ def wrap(
     aiohttp takes middlewares only at construction or per request, so this sets the session's
     middleware tuple in place: every later request through ``session`` is covered (a request
     passing its own ``middlewares=`` replaces them, as in aiohttp). ``settings`` build a new
-    :class:`ResilienceMiddleware` when none is given. Wrapping twice is a no-op.
+    :class:`ResilienceMiddleware` when none is given. Wrapping a session that already has a
+    resilience middleware is a no-op: the one in place stays (two would multiply attempts).
     """
     if middleware is None:
         middleware = ResilienceMiddleware(**settings)
@@ -31,6 +32,6 @@ def wrap(
     if session.closed:
         raise RuntimeError("cannot wrap a closed session")
     current = compat.session_middlewares(session)
-    if middleware not in current:
+    if not any(isinstance(m, ResilienceMiddleware) for m in current):
         compat.set_session_middlewares(session, (middleware, *current))
     return session

@@ -8,9 +8,11 @@ concurrency-limits' ``Limiter.Listener``. The retry budget is the store's, not t
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -130,6 +132,7 @@ class LocalStore:
         self.limiter = AdaptiveLimiter(ceiling=max_concurrency, initial=initial_concurrency)
         self._pacers: dict[str, RatePacer] = {}
         self.budget = RetryBudget.from_settings(retry_budget)
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
     def concurrency_limit(self) -> int:
@@ -141,7 +144,25 @@ class LocalStore:
             pacer = self._pacers[origin] = RatePacer()
         return pacer
 
+    def _check_loop(self) -> None:
+        """The limiter's waiters and the pacers' locks belong to one event loop: a permit freed
+        on one loop never wakes a waiter on another. A second loop running at the same time
+        is refused at its first request (one after another, as ``asyncio.run()`` twice, is
+        fine: the first loop is gone)."""
+        loop = asyncio.get_running_loop()
+        owner = self._loop() if self._loop is not None else None
+        if owner is loop:
+            return
+        if owner is not None and owner.is_running() and not owner.is_closed():
+            raise RuntimeError(
+                "this LocalStore (the limits of a ResilienceMiddleware) is in use by another "
+                "running event loop; give each event loop (thread) its own middleware, or share "
+                "limits across loops and processes with resilience.redis.RedisStore"
+            )
+        self._loop = weakref.ref(loop)
+
     async def admit(self, origin: str, deadline: float | None) -> Admission:
+        self._check_loop()
         pacer = self.pacer(origin)
         while True:
             if pacer.active:

@@ -543,3 +543,19 @@ async def test_user_redaction_rules_cover_every_event_and_api_error(logs: Events
     assert "S3CR3T" not in rendered
     (event,) = attempts(logs)
     assert event["url"].endswith("/botREDACTED/sendMessage?sid=REDACTED")
+
+
+async def test_an_attempt_cut_off_while_its_error_body_is_read_is_logged_once(
+    hostile: Hostile, logs: Events
+) -> None:
+    """Every attempt is exactly one event, also one the caller's total timeout ends while the
+    middleware reads its error body: ``reason="timeout"``, the caller's TimeoutError."""
+    mw = middleware()
+    timeout = aiohttp.ClientTimeout(total=0.15)
+    async with aiohttp.ClientSession(middlewares=(mw,), timeout=timeout) as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await s.get(hostile.url / "drip")
+        assert_baseline(s, mw)
+    (event,) = attempts(logs)
+    assert (event["outcome"], event["reason"], event["status"]) == ("fail", "timeout", 503)
+    assert event["error"] == "TimeoutError"
