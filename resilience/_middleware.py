@@ -19,6 +19,7 @@ from typing import Final, cast
 import aiohttp
 import anyio
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from yarl import URL
 
 from . import _aiohttp_compat as compat
 from . import _testmode
@@ -39,7 +40,7 @@ from ._decide import (
 )
 from ._errors import ApiError, DeadlineExceeded
 from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
-from ._store import Admission, Feedback, LocalStore, Store
+from ._store import MAX_IDLE_ORIGINS, Admission, Feedback, LocalStore, Store
 from ._validate import boolean, header_name, integer, number
 from .instrumentation._hooks import AttemptStart, Hook, HookRunner, WaitKind, WaitRecord
 
@@ -182,6 +183,17 @@ class ResilienceMiddleware:
         # None without hooks: the loop then tests one attribute and builds nothing for them.
         self.hooks: Final = HookRunner(hooks) if hooks else None
 
+    def _origin_of(self, url: URL) -> str:
+        """``str(url.origin())``, cached (it costs more than the rest of the happy path); the
+        cache is a bounded convenience: cleared, not grown, past MAX_IDLE_ORIGINS."""
+        key = (url.scheme, url.host, url.port)
+        origin = self._origins.get(key)
+        if origin is None:
+            if len(self._origins) >= MAX_IDLE_ORIGINS:
+                self._origins.clear()
+            origin = self._origins[key] = str(url.origin())
+        return origin
+
     @property
     def concurrency_limit(self) -> int:
         """The adaptive concurrency limit now."""
@@ -253,12 +265,7 @@ class _Call:
 
     async def run(self) -> ClientResponse:
         store, req, policy = self.store, self.req, self.policy
-        url = req.url
-        key = (url.scheme, url.host, url.port)
-        origin = self.mw._origins.get(key)
-        if origin is None:
-            origin = self.mw._origins[key] = str(url.origin())
-        self.origin = origin
+        origin = self.origin = self.mw._origin_of(req.url)
         hooks, testing = self.hooks, self.testing
         await store.deposit_request()
         while True:

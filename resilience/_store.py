@@ -13,16 +13,20 @@ import enum
 import math
 import time
 import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import anyio
+from yarl import URL
 
 from ._budget import DEFAULT_RETRY_BUDGET, RetryBudget, RetryBudgetSettings
 from ._concurrency import AdaptiveLimiter, ConcurrencyPermit
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
 from ._pacing import MAX_RETRY_AFTER, RatePacer
+from ._validate import boolean, show
 
 __all__ = ["Admission", "LocalStore", "RetryBudgetSettings", "Signal", "Store"]
 
@@ -113,11 +117,52 @@ def check_concurrency(max_concurrency: int | None, initial_concurrency: int) -> 
         raise ValueError(f"initial_concurrency must be >= 1, got {initial_concurrency!r}")
 
 
+MAX_IDLE_ORIGINS: Final = 1024
+"""Origins whose state a store keeps while they are idle (least recently used beyond are
+forgotten). An origin with a closed gate, pacing on, or a request in flight is never dropped."""
+
+_EVICTION_SCAN: Final = 32  # oldest entries looked at per new origin: O(1) amortized
+
+
+class _Origin:
+    """One origin's state: its gate and pacer, the limiter of its scope, and how many
+    attempts are between ``admit()`` and ``release()`` (they hold this state)."""
+
+    __slots__ = ("limiter", "pacer", "scope", "users")
+
+    def __init__(self, pacer: RatePacer, limiter: AdaptiveLimiter, scope: str) -> None:
+        self.pacer = pacer
+        self.limiter = limiter
+        self.scope = scope
+        self.users = 0
+
+    def forgettable(self) -> bool:
+        # A closed gate or pacing still matters; so does every attempt holding this state.
+        return self.users == 0 and not self.pacer.active
+
+
+def _origin_key(origin: object) -> str:
+    if not isinstance(origin, str):
+        raise TypeError(f"limit_groups keys must be origins (str), got {show(origin)}")
+    url = URL(origin)
+    if not url.absolute or url.scheme not in ("http", "https"):
+        raise ValueError(f"limit_groups keys must be origins like 'https://host', got {origin!r}")
+    return str(url.origin())
+
+
 class LocalStore:
     """In-process limits, shared by every middleware (and session) that is given this object.
 
-    One store per API key: the plan's concurrency limit and the retry budget are the key's, the
-    rate gate and pacer are per origin.
+    Each origin (scheme, host, port) has its own adaptive concurrency limit, rate gate and
+    pacer: a plan limit is the API's, so downloads from a storage host neither take its
+    permits nor are cut by its 429s. ``limit_groups`` maps the origins of one API (several
+    hosts, one plan) to a group name that shares one limit; ``shared_limit=True`` gives every
+    origin one limit (0.1's behaviour). ``max_concurrency`` and ``initial_concurrency`` apply
+    to each limit. The retry budget is the store's.
+
+    The state of at most ``MAX_IDLE_ORIGINS`` idle origins is kept (least recently used beyond
+    are forgotten, and start afresh if they come back); an origin whose gate is closed, whose
+    pacing is on or that has a request in flight is never forgotten.
     """
 
     def __init__(
@@ -126,23 +171,97 @@ class LocalStore:
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
         retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
+        limit_groups: Mapping[str, str] | None = None,
+        shared_limit: bool = False,
     ) -> None:
         check_concurrency(max_concurrency, initial_concurrency)
+        boolean("shared_limit", shared_limit)
+        if limit_groups is not None and not isinstance(limit_groups, Mapping):
+            raise TypeError(
+                f"limit_groups must be a mapping of origin to name, got {show(limit_groups)}"
+            )
+        groups: dict[str, str] = {}
+        for origin, name in (limit_groups or {}).items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"limit_groups values must be non-empty str, got {show(name)}")
+            groups[_origin_key(origin)] = "group:" + name
+        if shared_limit and groups:
+            raise ValueError("give limit_groups or shared_limit=True, not both")
         self._clock = time.monotonic
+        self._ceiling, self._initial = max_concurrency, initial_concurrency
+        self._groups = groups
+        self._shared = shared_limit
         self.limiter = AdaptiveLimiter(ceiling=max_concurrency, initial=initial_concurrency)
-        self._pacers: dict[str, RatePacer] = {}
+        """The limiter of the first origin (or group) this store served: ``concurrency_limit``."""
+        self._first_scope: str | None = None
+        self._scopes: dict[str, AdaptiveLimiter] = {}
+        self._states: OrderedDict[str, _Origin] = OrderedDict()
         self.budget = RetryBudget.from_settings(retry_budget)
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
     def concurrency_limit(self) -> int:
+        """The limit of the first origin (or group) this store served, usually the API's; see
+        :meth:`limit_of` for any other."""
         return self.limiter.limit
 
+    def limit_of(self, origin: str) -> int:
+        """The adaptive concurrency limit requests to ``origin`` meet now."""
+        state = self._states.get(origin)
+        if state is not None:
+            return state.limiter.limit
+        limiter = self._scopes.get(self._scope_of(origin))
+        return limiter.limit if limiter is not None else self._initial_limit()
+
+    def _initial_limit(self) -> int:
+        return min(self._initial, self._ceiling or self._initial)
+
+    def _scope_of(self, origin: str) -> str:
+        if self._shared:
+            return "*"
+        return self._groups.get(origin, origin)
+
+    def _state(self, origin: str) -> _Origin:
+        state = self._states.get(origin)
+        if state is not None:
+            self._states.move_to_end(origin)
+            return state
+        scope = self._scope_of(origin)
+        limiter = self._scopes.get(scope)
+        if limiter is None:
+            if self._first_scope is None:
+                self._first_scope, limiter = scope, self.limiter
+            else:
+                limiter = AdaptiveLimiter(ceiling=self._ceiling, initial=self._initial)
+            self._scopes[scope] = limiter
+        state = self._states[origin] = _Origin(RatePacer(), limiter, scope)
+        if len(self._states) > MAX_IDLE_ORIGINS:
+            self._forget_idle()
+        return state
+
+    def _forget_idle(self) -> None:
+        """Drop the least recently used origins that nothing depends on any more."""
+        victims: list[str] = []
+        wanted = min(len(self._states) - MAX_IDLE_ORIGINS, _EVICTION_SCAN)
+        for origin, state in self._states.items():
+            if len(victims) >= wanted:
+                break
+            if state.forgettable():
+                victims.append(origin)
+        for origin in victims:
+            state = self._states.pop(origin)
+            limiter = state.limiter
+            if (
+                state.scope == origin  # an origin's own scope; groups and "*" stay
+                and limiter is not self.limiter
+                and limiter.in_flight == 0
+                and limiter.waiting == 0
+            ):
+                del self._scopes[state.scope]
+
     def pacer(self, origin: str) -> RatePacer:
-        pacer = self._pacers.get(origin)
-        if pacer is None:
-            pacer = self._pacers[origin] = RatePacer()
-        return pacer
+        """``origin``'s rate gate and pacer."""
+        return self._state(origin).pacer
 
     def _check_loop(self) -> None:
         """The limiter's waiters and the pacers' locks belong to one event loop: a permit freed
@@ -163,15 +282,21 @@ class LocalStore:
 
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         self._check_loop()
-        pacer = self.pacer(origin)
-        while True:
-            if pacer.active:
-                await self._wait_turn(pacer, deadline)
-            permit = await self._acquire(deadline)
-            if pacer.gate_wait() <= 0:
-                return _LocalAdmission(self, pacer, origin, permit)
-            # The gate closed while we waited for the permit: do not send into it.
-            self.limiter.release(permit)
+        state = self._state(origin)
+        pacer, limiter = state.pacer, state.limiter
+        state.users += 1  # from here to release(): this state may not be forgotten
+        try:
+            while True:
+                if pacer.active:
+                    await self._wait_turn(pacer, deadline)
+                permit = await self._acquire(limiter, deadline)
+                if pacer.gate_wait() <= 0:
+                    return _LocalAdmission(self, state, origin, permit)
+                # The gate closed while we waited for the permit: do not send into it.
+                limiter.release(permit)
+        except BaseException:
+            state.users -= 1
+            raise
 
     async def _wait_turn(self, pacer: RatePacer, deadline: float | None) -> None:
         """Queue at the gate and pacer; each turn's wait uses the rate as it is then."""
@@ -194,17 +319,17 @@ class LocalStore:
         if scope.cancelled_caught:
             raise DeadlineExceeded("no turn at the rate gate before max_elapsed")
 
-    async def _acquire(self, deadline: float | None) -> ConcurrencyPermit:
-        permit = self.limiter.try_acquire()
+    async def _acquire(self, limiter: AdaptiveLimiter, deadline: float | None) -> ConcurrencyPermit:
+        permit = limiter.try_acquire()
         if permit is not None:
             return permit
         if deadline is None:
-            return await self.limiter.acquire()
+            return await limiter.acquire()
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise DeadlineExceeded("no concurrency permit before max_elapsed")
         with anyio.move_on_after(remaining):
-            return await self.limiter.acquire()
+            return await limiter.acquire()
         raise DeadlineExceeded("no concurrency permit before max_elapsed")
 
     async def deposit_request(self) -> None:
@@ -218,31 +343,35 @@ class LocalStore:
 class _LocalAdmission:
     """A :class:`LocalStore` admission: the permit and the pacing epoch it was sent in."""
 
-    __slots__ = ("_origin", "_pacer", "_permit", "_rate_epoch", "_store")
+    __slots__ = ("_origin", "_permit", "_rate_epoch", "_released", "_state", "_store")
 
     def __init__(
-        self, store: LocalStore, pacer: RatePacer, origin: str, permit: ConcurrencyPermit
+        self, store: LocalStore, state: _Origin, origin: str, permit: ConcurrencyPermit
     ) -> None:
         self._store = store
-        self._pacer = pacer
+        self._state = state
         self._origin = origin
         self._permit = permit
-        self._rate_epoch = pacer.epoch
+        self._rate_epoch = state.pacer.epoch
+        self._released = False
 
     @property
     def limit(self) -> int:
         return self._permit.limit
 
     def release(self) -> None:
-        self._store.limiter.release(self._permit)
+        self._state.limiter.release(self._permit)
+        if not self._released:
+            self._released = True
+            self._state.users -= 1
 
     async def report(self, feedback: Feedback) -> None:
-        signal, limiter = feedback.signal, self._store.limiter
+        signal, limiter = feedback.signal, self._state.limiter
         if signal is Signal.SUCCESS:
             limiter.on_success(self._permit)
         elif signal is Signal.CONCURRENCY:
             limiter.on_concurrency_exceeded(self._permit)
-        pacer = self._pacer
+        pacer = self._state.pacer
         closed = pacer.on_response(
             rate_limited=signal is Signal.RATE, retry_after=feedback.gate, epoch=self._rate_epoch
         )
@@ -257,4 +386,4 @@ class _LocalAdmission:
             )
 
     async def wait_for_release(self, timeout: float) -> None:
-        await self._store.limiter.wait_for_release(timeout, since=self._permit)
+        await self._state.limiter.wait_for_release(timeout, since=self._permit)

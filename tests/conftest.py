@@ -101,9 +101,9 @@ def acquired(session: aiohttp.ClientSession) -> int:
 def assert_baseline(session: aiohttp.ClientSession, mw: ResilienceMiddleware) -> None:
     """No connection checked out, no permit held, nobody queued or parked for one."""
     assert acquired(session) == 0, "a connection leaked"
-    limiter = local(mw).limiter
-    assert limiter.in_flight == 0, "a concurrency permit leaked"
-    assert limiter.waiting == 0, "a task is still queued or parked"
+    for limiter in (local(mw).limiter, *local(mw)._scopes.values()):  # every origin's limit
+        assert limiter.in_flight == 0, "a concurrency permit leaked"
+        assert limiter.waiting == 0, "a task is still queued or parked"
 
 
 @contextlib.contextmanager

@@ -145,7 +145,7 @@ async def test_soak_short() -> None:
     # No per-request state survives.
     assert store.limiter._in_flight == {}
     assert len(store.limiter._parked) == 0
-    assert len(store._pacers) == 1
+    assert len(store._states) == 1
     gc.collect()
     leftovers = Counter(
         type(o).__name__

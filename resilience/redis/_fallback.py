@@ -47,7 +47,10 @@ class Fallback:
 
     @staticmethod
     def _local(limit: int) -> LocalStore:
-        return LocalStore(max_concurrency=limit, initial_concurrency=limit, retry_budget=None)
+        # One limit for every origin: the fleet's share of the namespace's one plan limit.
+        return LocalStore(
+            max_concurrency=limit, initial_concurrency=limit, retry_budget=None, shared_limit=True
+        )
 
     def trip(self, exc: BaseException, generation: int, *, limit: int, workers: int) -> bool:
         """Redis failed: switch to local limits (once; True if this call switched)."""
