@@ -10,24 +10,19 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
+import anyio
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from ._scripts import Scripts
 from ._settings import StoreSettings
+from ._source import TROUBLE, Client, Source
 
-__all__ = ["TROUBLE", "WAKE_SLICE", "Connections", "Link", "Unavailable"]
-
-WAKE_SLICE: Final = 1.0
-"""Longest single BLPOP of the wake-up list (seconds)."""
-TROUBLE: Final = (redis_errors.RedisError, OSError)  # OSError covers TimeoutError, ssl errors
+__all__ = ["TROUBLE", "Connections", "Link", "Unavailable"]
 
 
 class Unavailable(Exception):
@@ -39,20 +34,9 @@ class Link:
     """The clients and scripts of one event loop."""
 
     loop: asyncio.AbstractEventLoop
-    client: Redis
-    waker: Redis  # its own small pool: a blocking pop must not hold up the scripts
+    client: Client
+    waker: Client
     scripts: Scripts
-
-    async def disconnect(self) -> None:
-        """Close every connection, whatever state Redis is in."""
-        for client in (self.client, self.waker):
-            with contextlib.suppress(*TROUBLE):
-                await client.connection_pool.disconnect()
-
-    async def reset(self) -> None:
-        """Close every connection (all suspect: start afresh); Redis errors propagate."""
-        for client in (self.client, self.waker):
-            await client.connection_pool.disconnect()
 
 
 class Connections:
@@ -64,16 +48,14 @@ class Connections:
 
     def __init__(
         self,
-        url: str,
+        source: Source,
         settings: StoreSettings,
-        options: Mapping[str, Any],
         *,
         on_trouble: Callable[[BaseException, int], None],
         generation: Callable[[], int],
     ) -> None:
-        self._url = url
+        self.source = source
         self._settings = settings
-        self._options = dict(options)
         self._on_trouble = on_trouble
         self._generation = generation
         self.round_trips: Counter[str] = Counter()
@@ -87,36 +69,29 @@ class Connections:
         link = self.current
         if link is not None and link.loop is loop:
             return link
-        timeout = self._settings.redis_timeout
-        common: dict[str, Any] = {
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-            **self._options,
-        }
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self._settings.max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            **common,
-        )
-        waker_pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=2,
-            timeout=timeout,
-            socket_timeout=WAKE_SLICE + timeout,
-            **common,
-        )
-        client = Redis(connection_pool=pool)
-        link = Link(loop, client, Redis(connection_pool=waker_pool), Scripts.register(client))
+        client, waker = self.source.build()
+        link = Link(loop, client, waker, Scripts.register(client))
         self.current = link
         return link
 
     def forget(self) -> Link | None:
-        """Drop the current link (a new loop, or closing); returns it for disconnecting."""
+        """Drop the current link (a new loop, or closing); returns it for closing."""
         link, self.current = self.current, None
         return link
+
+    async def close(self, link: Link) -> None:
+        await self.source.close(link.client, link.waker)
+
+    async def reset(self, link: Link) -> None:
+        await self.source.reset(link.client, link.waker)
+
+    async def bounded(self, call: Any, extra: float = 0.0) -> Any:
+        """Await ``call`` within the source's time limit on one call (plus ``extra``)."""
+        bound = self.source.call_bound
+        if bound is None:
+            return await call
+        with anyio.fail_after(bound + extra):
+            return await call
 
     async def run(
         self,
@@ -140,7 +115,7 @@ class Connections:
             self.round_trips[kind] += 1
             started = time.monotonic()
             try:
-                return await script(keys=keys, args=args)  # type: ignore[arg-type]
+                return await self.bounded(script(keys=keys, args=args))  # type: ignore[arg-type]
             except TROUBLE as exc:
                 stale = (
                     idempotent
@@ -151,7 +126,7 @@ class Connections:
                 )
                 if stale:
                     with contextlib.suppress(*TROUBLE):
-                        await link.client.connection_pool.disconnect(inuse_connections=False)
+                        await self.source.drop_idle(link.client)
                     continue
                 self._on_trouble(exc, generation)
                 raise Unavailable from exc

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
 
-from ._connection import TROUBLE, WAKE_SLICE, Link
+from ._source import TROUBLE
 
 __all__ = ["PARK_POLL", "Parking"]
 
@@ -100,9 +100,9 @@ class Parking:
 
     async def waker(
         self,
-        link: Link,
-        wake_key: str,
         *,
+        pop: Callable[[], Awaitable[object]],
+        push_back: Callable[[], Awaitable[object]],
         shared: Callable[[], bool],
         count: Callable[[], None],
         on_trouble: Callable[[BaseException], None],
@@ -111,11 +111,11 @@ class Parking:
         while shared() and self.parked():
             count()
             try:
-                got = await link.waker.blpop([wake_key], timeout=WAKE_SLICE)
+                got = await pop()
                 if got is not None and not self.wake_one():
                     # Our waiters left meanwhile: give the token back to the fleet.
                     count()
-                    await link.waker.lpush(wake_key, "1")
+                    await push_back()
             except TROUBLE as exc:
                 on_trouble(exc)
                 return

@@ -25,7 +25,7 @@ from yarl import URL
 
 from .._budget import DEFAULT_RETRY_BUDGET, RetryBudgetSettings
 from .._errors import DeadlineExceeded
-from .._events import LIMIT_EVENT, emit, redact_url
+from .._events import LIMIT_EVENT, emit
 from .._pacing import MAX_RETRY_AFTER
 from .._store import Admission
 from ._admission import LocalAdmission, SharedAdmission
@@ -36,6 +36,7 @@ from ._keys import Keys
 from ._leases import Lease, Leases
 from ._parking import PARK_POLL, Parking
 from ._settings import StoreSettings
+from ._source import Client, from_url, given
 from ._tasks import Tasks
 
 __all__ = ["RedisStore", "RedisStoreStats"]
@@ -85,9 +86,14 @@ class RedisStore:
     Use it as an async context manager, or call :meth:`aclose`. :meth:`from_url` is the same
     constructor under the name redis-py uses.
 
+    Give it either a URL (the store builds and owns its clients) or ``client``.
+
     Args:
         url: ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. Its password is never
             logged. Query options (``?socket_timeout=...``) override this store's settings.
+        client: a redis-py asyncio client the application built and keeps: ``Redis``,
+            ``RedisCluster``, or a Sentinel ``master_for(...)`` client. Its timeouts, pool, TLS
+            and retries are the client's; the store never closes it.
         namespace: everything sharing this name shares the limits; use one per API key. It
             becomes the keys' hash tag (``resilience:{namespace}:...``), so it may not
             contain ``{`` or ``}``.
@@ -102,14 +108,18 @@ class RedisStore:
         max_connections: connection pool size (callers wait for a free one).
         probe_max_delay: longest pause between reconnection probes while Redis is down.
         state_ttl: seconds after which an idle namespace's keys (its learned limit) expire.
-        connection_options: more keyword arguments for redis-py's connection pool, e.g.
-            ``{"ssl_ca_certs": "/path/ca.pem"}``.
+        cluster: with ``url``: the URL names one node of a Redis Cluster (a ``RedisCluster``
+            client follows the cluster's redirections).
+        connection_options: more keyword arguments for redis-py's connection pool (or
+            ``RedisCluster``), e.g. ``{"ssl_ca_certs": "/path/ca.pem"}``; checked when the
+            store is built (a misspelt option is a ``ValueError`` here, never a failed request).
     """
 
     def __init__(
         self,
-        url: str | URL,
+        url: str | URL | None = None,
         *,
+        client: Client | None = None,
         namespace: str,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
@@ -119,10 +129,9 @@ class RedisStore:
         max_connections: int = 32,
         probe_max_delay: float = 5.0,
         state_ttl: float = 86400.0,
+        cluster: bool = False,
         connection_options: Mapping[str, Any] | None = None,
     ) -> None:
-        url = str(url)
-        parse_url(url)  # a malformed URL fails here, not at the first request
         self._keys: Final = Keys.of(namespace)
         settings = StoreSettings(
             max_concurrency=max_concurrency,
@@ -135,19 +144,25 @@ class RedisStore:
             state_ttl=state_ttl,
         )
         self._settings: Final = settings
-        self.redacted_url: Final = redact_url(URL(url))
-        """The Redis URL as it may be logged: no password."""
+        if (url is None) == (client is None):
+            raise TypeError("RedisStore needs a url or a client (one of them)")
+        if client is not None:
+            if connection_options or cluster:
+                raise TypeError("with client=, the connection's settings are the client's")
+            source = given(client, settings)
+        else:
+            url = str(url)
+            parse_url(url)  # a malformed URL fails here, not at the first request
+            source = from_url(url, settings, connection_options or {}, cluster=bool(cluster))
+        self.redacted_url: Final = source.where
+        """The Redis as it may be logged: no password."""
         self.namespace: Final = namespace
         self._fallback: Final = Fallback(
-            settings,
-            namespace=namespace,
-            where=self.redacted_url,
-            secret=URL(url).password if "://" in url else None,
+            settings, namespace=namespace, where=source.where, secret=source.secret
         )
         self._conn: Final = Connections(
-            url,
+            source,
             settings,
-            connection_options or {},
             on_trouble=self._trouble,
             generation=lambda: self._fallback.generation,
         )
@@ -312,7 +327,7 @@ class RedisStore:
             await leases.flush_orphans()
         self._parking.release_all()
         self._conn.forget()
-        await link.disconnect()
+        await self._conn.close(link)
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -448,11 +463,13 @@ class RedisStore:
     async def _waker(self) -> None:
         link = self._link()
         generation = self._fallback.generation
+        conn, key = self._conn, self._keys.wake
+        wait = conn.source.wake_timeout
         await self._parking.waker(
-            link,
-            self._keys.wake,
+            pop=lambda: conn.bounded(link.waker.blpop([key], timeout=wait), extra=wait),
+            push_back=lambda: conn.bounded(link.waker.lpush(key, "1")),
             shared=self._is_shared,
-            count=lambda: self._conn.count("wake"),
+            count=lambda: conn.count("wake"),
             on_trouble=lambda exc: self._trouble(exc, generation),
         )
 
@@ -479,7 +496,9 @@ class RedisStore:
     async def _probe_once(self) -> None:
         self._conn.count("probe")
         link = self._link()
-        await link.reset()
+        await self._conn.reset(link)
         # A script that writes, not PING: a Redis that answers PING but refuses scripts or
         # writes (out of memory, a read-only replica) is still down.
-        await link.scripts.renew(keys=self._keys.renew_keys(), args=self._leases.renew_args())
+        await self._conn.bounded(
+            link.scripts.renew(keys=self._keys.renew_keys(), args=self._leases.renew_args())
+        )
