@@ -21,15 +21,24 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "free_port",
+    "holder",
+    "redis_server_binary",
+    "run_fleet",
+]
 
 HOST: Final = "127.0.0.1"
+ROOT: Final = Path(__file__).resolve().parents[1]
 _START_ATTEMPTS: Final = 5
 _READY_TIMEOUT: Final = 10.0
 
@@ -250,7 +259,129 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stderr.close()
 
 
+class RedisClusterServers:
+    """A Redis Cluster of ``primaries`` primaries (and ``replicas`` replicas each) from the
+    ``redis-server`` binary on free loopback ports, created with ``redis-cli --cluster create``;
+    a context manager that stops every node."""
+
+    def __init__(self, *, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 1000):
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not on PATH (Debian: apt-get install redis-tools)")
+        self._cli = cli
+        self.replicas = replicas
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms))  # fmt: skip
+        self.nodes = [RedisServer(extra_args=args) for _ in range(primaries * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """The URL of the first node (any node will do for a cluster client)."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"{HOST}:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [self._cli, "--cluster", "create", *addresses, "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    def info(self, node: RedisServer, command: str) -> str:
+        return subprocess.run(
+            [self._cli, "-h", HOST, "-p", str(node.port), *command.split()],
+            check=True, capture_output=True, timeout=10, text=True,
+        ).stdout  # fmt: skip
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok and knows every slot's owner."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = [n for n in self.nodes if n.running]
+            if all("cluster_state:ok" in self.info(n, "CLUSTER INFO") for n in running):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not become ok")
+
+    def owner(self, key: str) -> RedisServer:
+        """The primary serving ``key``'s slot now."""
+        slot = self.info(self.nodes[0], f"CLUSTER KEYSLOT {key}").strip()
+        for node in self.nodes:
+            if not node.running:
+                continue
+            for line in self.info(node, "CLUSTER NODES").splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and "master" in fields[2]:
+                    for span in fields[8:]:
+                        low, _, high = span.partition("-")
+                        if low.isdigit() and int(low) <= int(slot) <= int(high or low):
+                            return node
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisClusterServers:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- fleet processes
+
+
+def _store_options(args: argparse.Namespace) -> dict[str, object]:
+    return {"namespace": args.namespace, "lease_ttl": args.lease_ttl, "cluster": args.cluster}
+
+
+def run_fleet(
+    redis_url: str, emulator: str, namespace: str, *, processes: int, jobs: int, **opts: int
+) -> list[dict[str, Any]]:
+    """Run ``processes`` worker processes (``jobs`` each) together; their RESULT lines."""
+    start_at = time.time() + 2.0  # let every process import and connect first
+    argv = [sys.executable, "-m", "tests.redis_server", "worker", "--redis", redis_url,
+            "--namespace", namespace, "--emulator", emulator, "--jobs", str(jobs),
+            "--start-at", str(start_at),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([*argv, "--name", f"w{n}"], cwd=ROOT, stdout=subprocess.PIPE, env=env)
+        for n in range(processes)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        lines = [ln for ln in out.decode().splitlines() if ln.startswith("RESULT ")]
+        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+    return results
+
+
+def holder(
+    url: str, namespace: str, *, permits: int, lease_ttl: float, cluster: bool = False
+) -> subprocess.Popen[bytes]:
+    """A process that takes ``permits`` permits, says ``ready N`` and hangs."""
+    argv = [sys.executable, "-m", "tests.redis_server", "hold", "--redis", url,
+            "--namespace", namespace, "--permits", str(permits),
+            "--max-concurrency", str(permits), "--lease-ttl", str(lease_ttl),
+            f"--cluster={int(cluster)}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, env=env)
 
 
 async def _worker(args: argparse.Namespace) -> dict[str, object]:
@@ -262,10 +393,9 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
 
     store = RedisStore.from_url(
         args.redis,
-        namespace=args.namespace,
         max_concurrency=args.max_concurrency,
         initial_concurrency=args.initial_concurrency,
-        lease_ttl=args.lease_ttl,
+        **_store_options(args),  # type: ignore[arg-type]
     )
     mw = ResilienceMiddleware(max_attempts=5, max_elapsed=60.0, store=store)
     ok = 0
@@ -291,10 +421,9 @@ async def _hold(args: argparse.Namespace) -> None:
 
     store = RedisStore.from_url(
         args.redis,
-        namespace=args.namespace,
         max_concurrency=args.max_concurrency,
         initial_concurrency=args.max_concurrency,
-        lease_ttl=args.lease_ttl,
+        **_store_options(args),  # type: ignore[arg-type]
     )
     held = [await store.admit("http://api", None) for _ in range(args.permits)]
     print(f"ready {len(held)}", flush=True)
@@ -315,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--initial-concurrency", type=int, default=4)
     parser.add_argument("--lease-ttl", type=float, default=30.0)
     parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--cluster", type=int, default=0, help="1: the URL is a cluster node")
     args = parser.parse_args(argv)
     if args.mode == "hold":
         asyncio.run(_hold(args))

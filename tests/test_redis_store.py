@@ -8,8 +8,6 @@ import inspect
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -34,7 +32,7 @@ from resilience import (
 from resilience.redis import RedisStore
 from resilience.redis._scripts import source
 from resilience.testing import Emulator
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, holder, run_fleet
 
 pytestmark = pytest.mark.anyio
 
@@ -457,20 +455,11 @@ async def test_a_lease_is_renewed_while_its_request_is_in_flight(
         admission.release()
 
 
-def _holder(url: str, namespace: str, *, permits: int, lease_ttl: float) -> subprocess.Popen[bytes]:
-    """A process that takes ``permits`` permits, says ``ready N`` and hangs."""
-    argv = [sys.executable, "-m", "tests.redis_server", "hold", "--redis", url,
-            "--namespace", namespace, "--permits", str(permits),
-            "--max-concurrency", str(permits), "--lease-ttl", str(lease_ttl)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, env=env)
-
-
 async def test_a_killed_process_permits_come_back_within_the_ttl(
     server: RedisServer, raw: Redis, namespace: str
 ) -> None:
     ttl = 1.0
-    proc = _holder(server.url, namespace, permits=2, lease_ttl=ttl)
+    proc = holder(server.url, namespace, permits=2, lease_ttl=ttl)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
@@ -495,34 +484,12 @@ async def test_a_killed_process_permits_come_back_within_the_ttl(
 # --------------------------------------------------------------------------- fleets
 
 
-def _run_fleet(
-    redis_url: str, emulator: str, namespace: str, *, processes: int, jobs: int, **opts: int
-) -> list[dict[str, Any]]:
-    start_at = time.time() + 2.0  # let every process import and connect first
-    argv = [sys.executable, "-m", "tests.redis_server", "worker", "--redis", redis_url,
-            "--namespace", namespace, "--emulator", emulator, "--jobs", str(jobs),
-            "--start-at", str(start_at),
-            *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen([*argv, "--name", f"w{n}"], cwd=ROOT, stdout=subprocess.PIPE, env=env)
-        for n in range(processes)
-    ]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        lines = [ln for ln in out.decode().splitlines() if ln.startswith("RESULT ")]
-        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
-    return results
-
-
 async def test_three_processes_never_exceed_one_shared_limit(
     server: RedisServer, namespace: str
 ) -> None:
     async with Emulator(generation_time=0.05) as emu:  # the server itself has no limit
         results = await asyncio.to_thread(
-            _run_fleet,
+            run_fleet,
             server.url,
             str(emu.url),
             namespace,
@@ -543,7 +510,7 @@ async def test_three_processes_learn_the_plan_limit_together(
 ) -> None:
     async with Emulator(plan_concurrency=4, generation_time=0.05) as emu:
         results = await asyncio.to_thread(
-            _run_fleet,
+            run_fleet,
             server.url,
             str(emu.url),
             namespace,
