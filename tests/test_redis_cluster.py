@@ -84,7 +84,7 @@ async def test_namespaces_on_other_nodes_share_nothing_and_never_fall_back(
         for s in stores:
             assert s.stats().mode == "redis"
             assert s.stats().fallbacks == 0
-        limits = [int(await raw.hget(f"resilience:{{{n}}}:ctl", "limit")) for n in names]
+        limits = [int(await raw.hget(f"resilience:{{{n}}}:ctl", "limit") or 0) for n in names]
         assert limits[0] < 4 <= min(limits[1:])
         for name in names:
             node = cluster.owner(f"{{{name}}}")

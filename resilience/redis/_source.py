@@ -26,12 +26,20 @@ from yarl import URL
 from .._events import redact_url
 from ._settings import StoreSettings
 
-__all__ = ["TROUBLE", "WAKE_SLICE", "Client", "Source", "given", "from_url"]
+__all__ = ["ACL_COMMANDS", "TROUBLE", "WAKE_SLICE", "Client", "Source", "from_url", "given"]
 
 WAKE_SLICE: Final = 1.0
 """Longest single BLPOP of the wake-up list (seconds)."""
 
 Client = Redis | RedisCluster
+
+ACL_COMMANDS: Final = (
+    "evalsha", "script|load", "blpop", "lpush",  # the calls the store makes
+    # and those its scripts make (an ACL user's rules apply inside scripts too)
+    "time", "hget", "hmget", "hset", "hdel", "pexpire", "ltrim",
+    "zadd", "zrem", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore", "zscore",
+)  # fmt: skip
+"""The commands an ACL user of the store needs, on keys ``resilience:*`` (README)."""
 
 # OSError covers TimeoutError (also a call's time limit running out) and ssl errors
 TROUBLE: Final = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
@@ -67,18 +75,22 @@ def _options_error(exc: TypeError, options: Mapping[str, Any], valid: list[str])
         return ValueError(f"connection_options rejected by redis-py: {exc}")
     hints = []
     for name in unknown:
-        close = difflib.get_close_matches(name, valid, n=1)
-        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        close = " or ".join(repr(c) for c in difflib.get_close_matches(name, valid, n=2))
+        hints.append(f"{name!r}" + (f" (did you mean {close}?)" if close else ""))
     return ValueError(
         "connection_options: unknown option " + ", ".join(hints) + " for redis-py's connection"
     )
 
 
-def _parameters(*callables: Any) -> list[str]:
+def _parameters(*classes: type) -> list[str]:
+    """The keyword arguments those classes' constructors take (their bases' included)."""
     names: set[str] = set()
-    for f in callables:
-        names |= {p for p in inspect.signature(f).parameters if p not in ("self", "kwargs")}
-    return sorted(names)
+    for cls in classes:
+        for base in cls.__mro__:
+            init = vars(base).get("__init__")
+            if init is not None:
+                names |= set(inspect.signature(init).parameters)
+    return sorted(names - {"self", "args", "kwargs"})
 
 
 class _Standalone(Source):
@@ -93,8 +105,7 @@ class _Standalone(Source):
         try:  # a connection object connects lazily: building one checks every option now
             pool.connection_class(**pool.connection_kwargs)
         except TypeError as exc:
-            valid = _parameters(Connection.__init__, SSLConnection.__init__,
-                                UnixDomainSocketConnection.__init__)  # fmt: skip
+            valid = _parameters(Connection, SSLConnection, UnixDomainSocketConnection)
             raise _options_error(exc, options, valid) from None
 
     def _pool(self, size: int, socket_timeout: float) -> BlockingConnectionPool:
@@ -159,7 +170,7 @@ class _Cluster(Source):
         try:
             return RedisCluster.from_url(self._url, **kwargs)
         except TypeError as exc:
-            raise _options_error(exc, self._options, _parameters(RedisCluster.__init__)) from None
+            raise _options_error(exc, self._options, _parameters(RedisCluster)) from None
 
     def build(self) -> tuple[Client, Client]:
         timeout = self._settings.redis_timeout
