@@ -346,11 +346,16 @@ class RedisClusterServers:
 
 
 def _store_options(args: argparse.Namespace) -> dict[str, object]:
-    return {"namespace": args.namespace, "lease_ttl": args.lease_ttl, "cluster": args.cluster}
+    return {
+        "namespace": args.namespace,
+        "lease_ttl": args.lease_ttl,
+        "cluster": args.cluster,
+        "redis_timeout": args.redis_timeout,
+    }
 
 
 def run_fleet(
-    redis_url: str, emulator: str, namespace: str, *, processes: int, jobs: int, **opts: int
+    redis_url: str, emulator: str, namespace: str, *, processes: int, jobs: int, **opts: float
 ) -> list[dict[str, Any]]:
     """Run ``processes`` worker processes (``jobs`` each) together; their RESULT lines."""
     start_at = time.time() + 2.0  # let every process import and connect first
@@ -412,7 +417,13 @@ async def _worker(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(max(0.0, args.start_at - time.time()))
         await asyncio.gather(*(job(n) for n in range(args.jobs)))
         stats = store.stats()
-    return {"ok": ok, "jobs": args.jobs, "round_trips": stats.round_trips, "mode": stats.mode}
+    return {
+        "ok": ok,
+        "jobs": args.jobs,
+        "round_trips": stats.round_trips,
+        "mode": stats.mode,
+        "fallbacks": stats.fallbacks,
+    }
 
 
 async def _hold(args: argparse.Namespace) -> None:
@@ -445,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lease-ttl", type=float, default=30.0)
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--cluster", type=int, default=0, help="1: the URL is a cluster node")
+    parser.add_argument("--redis-timeout", type=float, default=0.25)
     args = parser.parse_args(argv)
     if args.mode == "hold":
         asyncio.run(_hold(args))

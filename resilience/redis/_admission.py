@@ -102,15 +102,20 @@ class SharedAdmission:
 class LocalAdmission:
     """An attempt admitted by the fallback's local limits while Redis was unreachable.
 
-    The local store's own handle, counted while it is in flight: the permits a rejoin finds
-    still on the wire belong to the shared limit too.
+    The local store's own handle, counted while it is in flight: a rejoin adopts it as a lease
+    (``adopted``), so the fleet counts it against the shared limit until it is released.
     """
 
-    __slots__ = ("_inner", "_live")
+    __slots__ = ("_inner", "_live", "_store", "adopted", "origin")
 
-    def __init__(self, inner: Admission, live: set[LocalAdmission]) -> None:
+    def __init__(
+        self, store: RedisStore, origin: str, inner: Admission, live: set[LocalAdmission]
+    ) -> None:
+        self._store = store
+        self.origin = origin
         self._inner = inner
         self._live = live
+        self.adopted: Lease | None = None
         live.add(self)
 
     @property
@@ -121,8 +126,14 @@ class LocalAdmission:
         await self._inner.report(feedback)
 
     def release(self) -> None:
+        if self not in self._live:
+            return
         self._live.discard(self)
         self._inner.release()
+        lease = self.adopted
+        if lease is not None and not lease.released:
+            lease.released = True
+            self._store._return_lease(lease, self.origin, 0)
 
     async def wait_for_release(self, timeout: float) -> None:
         await self._inner.wait_for_release(timeout)

@@ -38,12 +38,14 @@ class Runner(Protocol):
 class Lease:
     """One shared permit."""
 
-    __slots__ = ("epoch", "id", "released")
+    __slots__ = ("epoch", "id", "local", "released")
 
     def __init__(self, lease_id: str, epoch: int) -> None:
         self.id = lease_id
         self.epoch = epoch  # the limit's cut counter when the permit was taken
         self.released = False
+        # During a fallback, the local permit this request, still in flight, also holds
+        self.local: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Lease({self.id!r}, epoch={self.epoch})"

@@ -76,6 +76,7 @@ class Scripts:
     release: AsyncScript
     renew: AsyncScript
     budget: AsyncScript
+    adopt: AsyncScript
 
     @classmethod
     def register(cls, client: object) -> Scripts:
@@ -86,4 +87,5 @@ class Scripts:
             release=register(source("release")),
             renew=register(source("renew")),
             budget=register(source("budget")),
+            adopt=register(source("adopt")),
         )

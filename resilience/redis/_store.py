@@ -10,6 +10,7 @@ because the admission loop (gate, pacing turn, permit, park) reads best in one p
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import math
 import time
@@ -219,7 +220,8 @@ class RedisStore:
                 raise DeadlineExceeded("no concurrency permit before max_elapsed")
             if not fallback.shared:
                 self._start("probe", self._probe)  # a no-op while one runs (new loop: anew)
-                return LocalAdmission(await fallback.local.admit(origin, deadline), fallback.live)
+                inner = await fallback.local.admit(origin, deadline)
+                return LocalAdmission(self, origin, inner, fallback.live)
             lease_id = self._leases.new_id()
             turn = self._turns.get(origin) if slot_epoch < 0 else None
             try:
@@ -404,6 +406,9 @@ class RedisStore:
     def _return_lease(self, lease: Lease, origin: str, answer: int) -> None:
         """A finished lease goes back with the next acquire, or a flush started here."""
         leases = self._leases
+        if lease.local is not None:
+            lease.local()  # the fallback's permit it held
+            lease.local = None
         if not self._fallback.shared or self._closed:
             leases.held.pop(lease.id, None)
             leases.orphan(lease.id)
@@ -479,6 +484,14 @@ class RedisStore:
             return
         if self._fallback.trip(exc, generation, limit=self._last_limit, workers=self._workers):
             self._leases.orphan_unsent()
+            # The requests sent on shared permits are still on the wire: they take the local
+            # limit's permits first, so the fallback does not send a full set on top of them.
+            limiter = self._fallback.local.limiter
+            for lease in self._leases.held.values():
+                permit = limiter.try_acquire()
+                if permit is None:
+                    break
+                lease.local = functools.partial(limiter.release, permit)
             self._parking.wake_all()
             self._start("probe", self._probe)
 
@@ -494,11 +507,26 @@ class RedisStore:
             self._start("heartbeat", self._heartbeat)
 
     async def _probe_once(self) -> None:
+        """The probe: a script that writes (a Redis that answers PING but refuses scripts or
+        writes, out of memory or a read-only replica, is still down), and that adopts the
+        fallback's requests still in flight as leases, so the rejoin does not overshoot."""
         self._conn.count("probe")
         link = self._link()
         await self._conn.reset(link)
-        # A script that writes, not PING: a Redis that answers PING but refuses scripts or
-        # writes (out of memory, a read-only replica) is still down.
-        await self._conn.bounded(
-            link.scripts.renew(keys=self._keys.renew_keys(), args=self._leases.renew_args())
-        )
+        live = [a for a in self._fallback.live if a.adopted is None]
+        adopted = [Lease(self._leases.new_id(), -1) for _ in live]
+        ids = [lease.id for lease in adopted]
+        try:
+            await self._conn.bounded(
+                link.scripts.adopt(keys=self._keys.renew_keys(), args=self._leases.renew_args(ids))
+            )
+        except BaseException:
+            self._leases.orphan(*ids)  # maybe added: returned once Redis answers
+            raise
+        for admission, lease in zip(live, adopted, strict=True):
+            admission.adopted = lease
+            if admission in self._fallback.live:
+                self._leases.grant(lease)  # renewed by the heartbeat until released
+            else:  # finished during the call
+                lease.released = True
+                self._leases.orphan(lease.id)

@@ -1,0 +1,23 @@
+-- The probe, and a rejoin that does not overshoot: count the leases this worker already has in
+-- flight (requests its local fallback admitted while Redis was away) against the shared limit,
+-- so the fleet grants nothing on top of them until they finish. Also a liveness heartbeat.
+-- KEYS: permits order wake workers ctl. ARGV: lease_ttl_ms worker worker_ttl_ms lease...
+-- -> {held, workers}
+local permits, order, wake, workers, ctl = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = now_ms()
+local lease_ttl = tonumber(ARGV[1])
+local worker_ttl = tonumber(ARGV[3])
+local limit = tonumber(redis.call('HGET', ctl, 'limit')) or 1
+wake_push(wake, purge(permits, order, now), math.max(1, limit), 2 * lease_ttl)
+redis.call('ZADD', workers, now + worker_ttl, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
+redis.call('PEXPIRE', workers, worker_ttl)
+for i = 4, #ARGV do
+  redis.call('ZADD', permits, now + lease_ttl, ARGV[i])
+  redis.call('ZADD', order, now, ARGV[i])
+end
+if #ARGV >= 4 then
+  redis.call('PEXPIRE', permits, 2 * lease_ttl)
+  redis.call('PEXPIRE', order, 2 * lease_ttl)
+end
+return {redis.call('ZCARD', permits), redis.call('ZCARD', workers)}
