@@ -46,7 +46,10 @@ async def work(emulator: str, redis_url: str | None, namespace: str, name: str) 
     if redis_url is None:
         store = LocalStore(max_concurrency=PLAN)
     else:
-        store = RedisStore.from_url(redis_url, namespace=namespace, max_concurrency=PLAN)
+        # redis_timeout: generous, so a busy machine does not turn this demo into a fallback
+        store = RedisStore.from_url(
+            redis_url, namespace=namespace, max_concurrency=PLAN, redis_timeout=2.0
+        )
     mw = ResilienceMiddleware(store=store, backoff=Backoff(initial=0.01, max_delay=0.2))
     done = 0
     async with aiohttp.ClientSession(middlewares=(mw,)) as session:

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar
 
 import anyio
+import redis.asyncio
 from redis.asyncio.connection import parse_url
 from yarl import URL
 
@@ -37,7 +38,7 @@ from ._keys import Keys
 from ._leases import Lease, Leases
 from ._parking import PARK_POLL, Parking
 from ._settings import StoreSettings
-from ._source import Client, from_url, given
+from ._source import from_url, given
 from ._tasks import Tasks
 
 __all__ = ["RedisStore", "RedisStoreStats"]
@@ -120,7 +121,7 @@ class RedisStore:
         self,
         url: str | URL | None = None,
         *,
-        client: Client | None = None,
+        client: redis.asyncio.Redis | redis.asyncio.RedisCluster | None = None,
         namespace: str,
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
