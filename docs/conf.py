@@ -52,6 +52,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"(URL|Path|PathLike|TextIO|IO|Iterable|Iterator|Mapping|Sequence|Callable)"),
     # Private types that public signatures mention but the package does not export (yet).
     (r"py:class", r"resilience\._pacing\.RatePacer"),
+    # DeadlineExceeded's base on Python 3.10 (asyncio.TimeoutError is not the builtin there).
+    (r"py:class", r"resilience\._errors\._TimeoutBase"),
 ]
 
 html_theme = "furo"

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture
 from yarl import URL
 
 from resilience import Backoff, ResilienceMiddleware
@@ -38,6 +38,8 @@ structlog.configure(
 Events = list[MutableMapping[str, Any]]
 PLUGIN_ENTRY_POINT = "resilience"  # the name under pytest11 in pyproject.toml
 PLUGIN_MODULE = "resilience.testing.pytest_plugin"
+AIOHTTP_VERSION = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
+"""(major, minor): a few behaviours of aiohttp itself differ at the lowest supported version."""
 FAST = Backoff(initial=0.001, multiplier=2, max_delay=0.004)
 MB = 1024 * 1024
 MEMORY_CEILING = 8 * MB  # what "memory stays low" means here: far below one 50 MB body
@@ -59,10 +61,27 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@contextlib.contextmanager
+def capture_events() -> Iterator[Events]:
+    """Every structlog event logged inside the block, contextvars merged in: what
+    ``capture_logs(processors=[merge_contextvars])`` does on structlog >= 25.5, here on any
+    structlog the package supports (the lowest-versions run uses 25.1)."""
+    capture = LogCapture()
+    processors = structlog.get_config()["processors"]
+    saved = list(processors)
+    processors[:] = [structlog.contextvars.merge_contextvars, capture]  # in place, as it does
+    structlog.configure(processors=processors)
+    try:
+        yield capture.entries
+    finally:
+        processors[:] = saved
+        structlog.configure(processors=processors)
+
+
 @pytest.fixture
 def logs() -> Iterator[Events]:
     """Every structlog event logged during the test, contextvars merged in."""
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as captured:
+    with capture_events() as captured:
         yield captured
 
 

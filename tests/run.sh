@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the suite needs, then runs it.
+# `tests/run.sh --lowest [pytest args]` then runs the suite again at the lowest supported
+# versions of every dependency (tests/lowest.sh: a throwaway venv under /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+lowest=0
+if [ "${1:-}" = "--lowest" ]; then
+  lowest=1
+  shift
+fi
 
 # The fleet tests start their own redis-server; install Debian's when it is missing.
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -19,3 +27,6 @@ python3 -m ruff check resilience tests examples benchmarks
 python3 -m ruff format --check resilience tests examples benchmarks
 python3 -m mypy
 python3 -m pytest "$@"
+if [ "$lowest" = 1 ]; then
+  bash tests/lowest.sh "$@"
+fi

@@ -29,6 +29,7 @@ from resilience.testing import (
 )
 from resilience.testing import __main__ as emulator_main
 from resilience.testing._settings import config_argv, config_from_args
+from tests.conftest import AIOHTTP_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -657,6 +658,11 @@ async def test_control_endpoints(session: aiohttp.ClientSession) -> None:
         assert emu.stats.requests == 0
 
 
+@pytest.mark.skipif(
+    AIOHTTP_VERSION < (3, 14),
+    reason="aiohttp < 3.14's server leaves the ConnectionError of a writer cut off at shutdown "
+    "in a shielded drain future nobody reads (the loop reports it; 3.14 awaits it directly)",
+)
 async def test_shutdown_is_bounded() -> None:
     before = asyncio.all_tasks()
     async with aiohttp.ClientSession() as session:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -17,8 +17,16 @@ pytestmark = [pytest.mark.anyio, pytest.mark.emulator(generation_time=0.002)]
 
 
 async def scrape(registry: CollectorRegistry) -> dict[str, list[Sample]]:
-    """GET /metrics from a real exposition handler; the samples by family name."""
-    async with serve(make_aiohttp_handler(registry), path="/metrics", method="GET") as base:
+    """GET /metrics from a real exposition page; the samples by family name. The page is
+    generate_latest's (prometheus_client.aiohttp needs prometheus-client >= 0.24, the floor
+    is older)."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async with serve(metrics, path="/metrics", method="GET") as base:
         async with aiohttp.ClientSession() as s, s.get(base / "metrics") as resp:
             assert resp.status == 200
             text = await resp.text()

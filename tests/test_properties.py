@@ -17,10 +17,8 @@ from typing import Any, Literal
 
 import aiohttp
 import anyio
-import structlog
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from resilience import DeadlineExceeded, Handling, Outcome, ResilienceMiddleware
 from resilience._classify import Verdict
@@ -32,7 +30,7 @@ from resilience._decide import (
     decide,
 )
 from resilience.testing import Emulator, Fault
-from tests.conftest import FAST, assert_baseline, attempts, middleware
+from tests.conftest import FAST, assert_baseline, attempts, capture_events, middleware
 
 # ------------------------------------------------------------------ decide(), directly
 
@@ -289,7 +287,7 @@ async def drive(
         kwargs["headers"] = {"Idempotency-Key": f"key-{job}"}
     if kind == "stream":
         kwargs["data"] = _stream()
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_events() as logs:
         async with Emulator(generation_time=0.0, ready_after=60.0) as emu:
             for step in script:
                 emu.inject(step.fault, times=1, path=path)

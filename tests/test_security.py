@@ -22,21 +22,21 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 import pytest
-import structlog
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 from yarl import URL
 
 from resilience import ApiError, DeadlineExceeded, Redaction
 from resilience._events import redact_url
 from resilience.testing import Emulator, Fault
 from tests.conftest import (
+    AIOHTTP_VERSION,
     MB,
     Events,
     assert_baseline,
     attempts,
+    capture_events,
     memory_stays_low,
     middleware,
     serve,
@@ -215,7 +215,7 @@ async def test_no_credential_reaches_any_event_on_any_path(emu: Emulator) -> Non
         SECRETS["userinfo-password"]
     )
     mw = middleware(raise_api_errors=True, max_elapsed=1.0)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+    with capture_events() as events:
         async with aiohttp.ClientSession(
             middlewares=(mw,), cookies={"session": SECRETS["session-cookie"]}
         ) as s:
@@ -415,7 +415,20 @@ async def hostile() -> AsyncIterator[Hostile]:
             server.stop.set()
 
 
-@pytest.mark.parametrize("route", ["chunked-50mb", "gzip-bomb"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        "chunked-50mb",
+        pytest.param(
+            "gzip-bomb",
+            marks=pytest.mark.skipif(
+                AIOHTTP_VERSION < (3, 14),
+                reason="aiohttp < 3.14 inflates a compressed chunk whole (up to 32 MiB per call) "
+                "before the middleware reads a byte; 3.14 inflates in 256 KiB steps",
+            ),
+        ),
+    ],
+)
 async def test_unbounded_error_bodies_are_not_buffered(hostile: Hostile, route: str) -> None:
     """No Content-Length (chunked) or a tiny gzip body that inflates to 50 MB: the classifier
     reads at most envelope_cap + 1 decoded bytes, classifies by status (500: retryable) and
