@@ -183,6 +183,12 @@ class ResilienceMiddleware:
         # None without hooks: the loop then tests one attribute and builds nothing for them.
         self.hooks: Final = HookRunner(hooks) if hooks else None
 
+    def _limit_now(self, origin: str) -> int:
+        """The concurrency limit requests to ``origin`` meet now (a LocalStore keeps one per
+        origin; other stores one for all)."""
+        limit_of = getattr(self.store, "limit_of", None)
+        return int(limit_of(origin)) if limit_of is not None else self.store.concurrency_limit
+
     def _origin_of(self, url: URL) -> str:
         """``str(url.origin())``, cached (it costs more than the rest of the happy path); the
         cache is a bounded convenience: cleared, not grown, past MAX_IDLE_ORIGINS."""
@@ -456,7 +462,7 @@ class _Call:
             server_request_id=verdict.server_request_id
             or (server_request_id(resp.headers) if resp is not None else None),
             error=verdict.error,
-            limit=self.store.concurrency_limit,
+            limit=self.mw._limit_now(self.origin),
             origin=self.origin,
             gate=feedback.gate if feedback is not None else None,
         )

@@ -14,7 +14,7 @@ from yarl import URL
 from resilience import DeadlineExceeded, Feedback, LocalStore, Signal
 from resilience._store import MAX_IDLE_ORIGINS
 from resilience.testing import Emulator, Fault
-from tests.conftest import assert_baseline, middleware
+from tests.conftest import Events, assert_baseline, attempts, local, middleware
 
 pytestmark = [pytest.mark.anyio, pytest.mark.emulator(generation_time=0.002)]
 
@@ -137,3 +137,21 @@ async def test_downloads_from_a_storage_host_take_no_api_permits(emu: Emulator) 
                         tg.start_soon(generate, job)
             assert_baseline(s, mw)
     assert max(done[j] for j in "abc") < min(done["d1"], done["d2"])
+
+
+async def test_each_event_logs_the_limit_of_its_own_origin(emu: Emulator, logs: Events) -> None:
+    emu.inject(Fault.code("GENERATION_CONCURRENCY_EXCEEDED"), times=1, path="/v1/generate")
+    mw = middleware(initial_concurrency=4)
+    async with Emulator(generation_time=0.001) as storage:
+        storage.inject(Fault.code("DISPATCH_TIMEOUT"), times=1, path="/v1/ping")
+        async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+            async with s.post(emu.url / "v1/generate", json={"job": "a"}) as resp:
+                assert resp.status == 200
+            async with s.get(storage.url / "v1/ping") as resp:
+                assert resp.status == 200
+        storage_origin = str(storage.url.origin())
+    store = local(mw)
+    api_limit = store.limit_of(str(emu.url.origin()))
+    assert api_limit < store.limit_of(storage_origin) == 4
+    by_origin = {e["origin"]: e["limit"] for e in attempts(logs)}
+    assert by_origin[storage_origin] == 4
