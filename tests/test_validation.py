@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from resilience import (
     Backoff,
@@ -23,9 +24,11 @@ from resilience import (
     ErrorSpec,
     Handling,
     LocalStore,
+    Redaction,
     ResilienceMiddleware,
     RetryBudgetSettings,
 )
+from resilience._events import redact_url
 
 NAN, INF = float("nan"), float("inf")
 
@@ -36,6 +39,7 @@ ODD: st.SearchStrategy[object] = st.one_of(
             *(NAN, INF, -INF, -1, -1.5, 0, 0.0, 0.5, 1, 1.5, 3, 1e300, 10**400, -(10**400)),
             *(True, False, None, "", "x", "1", "false", "transient", b"1", (), [], {}),
             *("X-Id\r\nInjected: 1", "Bad Header", 123),
+            *(("x",), ("(",), ["sid", 3], {"https://a.test": "g"}, {"a.test": "g"}, {"x": 1}),
         ]
     ),
     st.floats(),
@@ -162,6 +166,24 @@ def _redis_store_works(store: Any) -> None:
     assert type(settings.max_connections) is int
 
 
+def _local_store(field: str, value: Any) -> LocalStore:
+    return LocalStore(**{field: value})
+
+
+def _local_store_works(store: LocalStore) -> None:
+    assert store.limit_of("https://api.test") >= 1
+    assert store.limit_of("https://other.test") >= 1
+
+
+def _redaction(field: str, value: Any) -> Redaction:
+    return Redaction(**{field: value})
+
+
+def _redaction_works(rules: Redaction) -> None:
+    assert all(isinstance(p, str) and p for p in (*rules.params, *rules.paths))
+    redact_url(URL("https://h/bot1/x?sid=1;token=2"), rules)
+
+
 CASES = [
     *_cases("Backoff", _backoff, ("initial", "multiplier", "max_delay", "jitter"), _backoff_works),
     Case("Backoff.preview()", _preview, lambda _: None),
@@ -195,6 +217,13 @@ CASES = [
         ),
         _middleware_works,
     ),
+    *_cases(
+        "LocalStore",
+        _local_store,
+        ("max_concurrency", "initial_concurrency", "retry_budget", "limit_groups", "shared_limit"),
+        _local_store_works,
+    ),
+    *_cases("Redaction", _redaction, ("params", "paths"), _redaction_works),
     *_cases(
         "RedisStore",
         _redis_store,
