@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import FrozenInstanceError
+from typing import Any
 
 import aiohttp
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from resilience import AttemptRecord, DeadlineExceeded, Outcome, ResilienceMiddleware
 from resilience.instrumentation import AttemptStart, Hook, WaitRecord
 from resilience.testing import Emulator, Fault
-from tests.conftest import Events, middleware
+from tests.conftest import Events, middleware, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.emulator(generation_time=0.005)]
 
@@ -203,3 +204,36 @@ def test_a_hook_must_have_the_three_methods() -> None:
 def test_hooks_are_given_as_a_sequence_not_one_hook() -> None:
     with pytest.raises(TypeError, match="sequence"):
         ResilienceMiddleware(hooks=Recorder())  # type: ignore[arg-type]
+
+
+async def test_every_started_attempt_ends_when_the_caller_cancels(emu: Emulator) -> None:
+    hook = Recorder()
+    async with aiohttp.ClientSession(middlewares=(middleware(hooks=[hook]),)) as s:
+        task = asyncio.create_task(s.get(emu.url.with_path("/v1/slow").with_query(delay="1")))
+        await wait_until(lambda: bool(hook.starts))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    ((record, start),) = hook.ends
+    assert start is hook.starts[0]
+    assert (record.outcome, record.reason, record.error) == (
+        Outcome.FAIL,
+        "cancelled",
+        "CancelledError",
+    )
+
+
+async def test_an_attempt_stopped_by_a_bug_further_in_ends_for_the_hooks_only(
+    emu: Emulator, logs: Events
+) -> None:
+    async def broken(req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> Any:
+        raise RuntimeError("a bug in an inner middleware")
+
+    hook = Recorder()
+    async with aiohttp.ClientSession(middlewares=(middleware(hooks=[hook]), broken)) as s:
+        with pytest.raises(RuntimeError, match="inner middleware"):
+            await s.get(emu.url / "v1/ping")
+    ((record, start),) = hook.ends
+    assert start is hook.starts[0]
+    assert (record.outcome, record.reason, record.error) == (Outcome.FAIL, "error", "RuntimeError")
+    assert not [e for e in logs if e["event"] == "resilience.attempt"]  # the log never has it
