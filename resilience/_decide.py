@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -24,6 +24,7 @@ from ._classify import Verdict
 from ._codes import Handling
 from ._errors import DeadlineExceeded
 from ._pacing import MAX_RETRY_AFTER
+from ._quota import Quota
 from ._store import Feedback, Signal
 
 if TYPE_CHECKING:
@@ -219,24 +220,27 @@ class RequestPolicy:
         self._delays: Iterator[float] | None = None
         self._throttle_delays: Iterator[float] | None = None
 
-    def feedback(self, ending: Ending) -> Feedback | None:
+    def feedback(self, ending: Ending, quota: Quota | None = None) -> Feedback | None:
         """What the attempt tells the limits; None when the caller stopped it (nothing to say,
-        and no await may run in a cancelled task)."""
+        and no await may run in a cancelled task). ``quota``: what the answer announced."""
         if ending.stopped is not None:
             return None
+        if quota is not None and quota.reset is not None:
+            quota = replace(quota, reset=self._gate_for(quota.reset))
         verdict = ending.verdict
         if verdict is OK_ENDING.verdict:
-            return _SUCCESS
-        return Feedback(_SIGNALS.get(verdict.handling, Signal.OTHER), self._gate_for(verdict))
+            return _SUCCESS if quota is None else Feedback(Signal.SUCCESS, quota=quota)
+        signal = _SIGNALS.get(verdict.handling, Signal.OTHER)
+        return Feedback(signal, self._gate_for(verdict.retry_after), quota)
 
-    def _gate_for(self, verdict: Verdict) -> float | None:
-        """How long a Retry-After may close the shared gate: one deadline (plus a second, so
-        requests that cannot outlast it fail fast instead of sending at its very end). One
-        absurd answer cannot block the origin for longer; then a request probes again."""
-        retry_after = verdict.retry_after
-        if retry_after is None:
+    def _gate_for(self, seconds: float | None) -> float | None:
+        """How long a Retry-After or a spent quota may close the shared gate: one deadline
+        (plus a second, so requests that cannot outlast it fail fast instead of sending at its
+        very end). One absurd answer cannot block the origin for longer; then a request probes
+        again."""
+        if seconds is None:
             return None
-        return min(retry_after, (self.settings.max_elapsed or MAX_RETRY_AFTER) + 1.0)
+        return min(seconds, (self.settings.max_elapsed or MAX_RETRY_AFTER) + 1.0)
 
     async def decide(self, ending: Ending, try_retry: Callable[[], Awaitable[bool]]) -> Decision:
         """What follows ``ending``; ``try_retry`` withdraws a retry from the store's budget."""

@@ -40,6 +40,7 @@ from ._decide import (
 )
 from ._errors import ApiError, DeadlineExceeded
 from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
+from ._quota import read_quota
 from ._store import MAX_IDLE_ORIGINS, Admission, Feedback, LocalStore, Store
 from ._validate import boolean, header_name, integer, number
 from .instrumentation._hooks import AttemptStart, Hook, HookRunner, WaitKind, WaitRecord
@@ -304,7 +305,9 @@ class _Call:
             try:
                 if resp is not None:
                     ending = await self._classify(resp)
-                feedback = policy.feedback(ending)
+                feedback = policy.feedback(
+                    ending, read_quota(resp.headers) if resp is not None else None
+                )
                 if testing is not None and feedback is not None:
                     feedback = _testmode.limits_feedback(testing, feedback)
                 if feedback is not None:

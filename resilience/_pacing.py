@@ -6,6 +6,7 @@ monotonic clock so tests can drive the arithmetic without sleeping.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,9 +14,11 @@ from typing import Final
 
 import anyio
 
+from ._quota import Quota
+
 __all__ = [
-    "MAX_RETRY_AFTER", "PACING", "Clock", "Cubic", "PacingRule", "RatePacer", "TokenBucket",
-    "WindowRate",
+    "MAX_RETRY_AFTER", "PACING", "Clock", "Cubic", "PacingRule", "QuotaCount", "RatePacer",
+    "TokenBucket", "WindowRate",
 ]  # fmt: skip
 
 Clock = Callable[[], float]
@@ -160,6 +163,12 @@ class PacingRule:
 
     The one source of these numbers: ``RatePacer`` uses them in this process and the fleet's
     Lua scripts (``resilience/redis/scripts``) get them rendered in when they are loaded.
+
+    What a 429 costs decides the rule. A **cheap** gate (shorter than ``costly_gate``, e.g.
+    ``Retry-After-Ms``) is botocore's adaptive mode: cut to ``beta`` of the measured rate, grow
+    back along CUBIC within ``recovery`` seconds and probe above. A **costly** gate (a
+    whole-second ``Retry-After``) closes the origin for a second per probe, so the limit is
+    estimated and held instead of probed for: see :class:`RatePacer`.
     """
 
     beta: float = 0.7
@@ -178,6 +187,18 @@ class PacingRule:
     """The window slides in this many steps."""
     minimum_span: float = 0.01
     """The shortest span a first rate estimate averages over (errs high on purpose)."""
+    costly_gate: float = 0.25
+    """A gate at least this long (seconds) makes a probe past the limit costly."""
+    hold: float = 0.95
+    """After a costly gate the rate is held at this share of the estimated limit."""
+    probe_gates: float = 2.0
+    """After a costly gate of ``g`` s, CUBIC is back at the estimate ``probe_gates * g`` s later
+    and probes above it slower still: a probe costs a gate, so probes are rare."""
+    ramp_steps: float = 10.0
+    """With no estimate after a costly gate of ``g`` s, the rate doubles every
+    ``g / ramp_steps`` seconds."""
+    fit_min_span: float = 0.25
+    """A held stretch shorter than this many gate lengths is too short to fit a rate from."""
 
     def cut(self, measured: float, rate: float | None) -> tuple[float, float]:
         """A 429 while ``measured`` responses/s went through at pacing ``rate`` (None: not
@@ -186,28 +207,162 @@ class PacingRule:
         current = max(current, self.min_rate)
         return current, max(current * self.beta, self.min_rate)
 
-    def grow(self, w_max: float, since_cut: float, measured: float, rate: float) -> float:
-        """A success ``since_cut`` seconds after the cut from ``w_max``: CUBIC, at most to
-        twice what is measured; a success never lowers the rate (after an idle spell the
-        measured rate is low, not the server's limit)."""
-        scale = max(w_max * (1 - self.beta) / self.recovery**3, 1e-9)
-        cubic = Cubic(w_max, 0.0, scale=scale, beta=self.beta)
-        return max(min(cubic.success_received(since_cut), max(2.0 * measured, rate)), self.min_rate)
+    def grow(
+        self,
+        w_max: float,
+        since_cut: float,
+        measured: float,
+        rate: float,
+        beta: float | None = None,
+        recovery: float | None = None,
+    ) -> float:
+        """A success ``since_cut`` seconds after the cut from ``w_max`` (to ``beta * w_max``,
+        back there after ``recovery`` s): CUBIC, at most to twice what is measured; a success
+        never lowers the rate (after an idle spell the measured rate is low, not the server's
+        limit)."""
+        beta = self.beta if beta is None else beta
+        recovery = self.recovery if recovery is None else recovery
+        scale = max(w_max * (1 - beta) / recovery**3, 1e-9)
+        k = (w_max * (1 - beta) / scale) ** (1 / 3)
+        cubic = float(scale * (since_cut - k) ** 3 + w_max)
+        return max(min(cubic, max(2.0 * measured, rate)), self.min_rate)
+
+    def costly(self, gate: float | None) -> bool:
+        return gate is not None and gate >= self.costly_gate
+
+    def ramp_start(self, ok: int, span: float, gate: float) -> float:
+        """Where a slow start begins after the first costly gate: what the server surely gave
+        per gate length (``ok`` successes in the ``span`` s stretch before it), at most ``beta``
+        of the stretch's rate."""
+        upper = ok / max(span, self.minimum_span)
+        return max(self.min_rate, min(ok / gate, self.beta * upper))
+
+    def ramp_rate(self, start: float, since_open: float, gate: float) -> float:
+        """The slow start ``since_open`` s after the gate opened: doubling every gate/steps."""
+        steps = min(max(0.0, since_open) * self.ramp_steps / gate, 20.0)
+        return float(start * 2.0**steps)
+
+    def ramp_limit(self, end_rate: float, gate: float, burst: float) -> float:
+        """The server rate ``r`` the slow start most likely crossed, from where it drew its
+        429.
+
+        The ramp ``R(t) = r * 2**((t - t_r) / p)`` (``p = gate / ramp_steps``) passes ``r`` at
+        ``t_r``, then drains the server's ``burst`` until the 429 at ``end_rate = x * r``:
+        ``burst = r * p * ((x - 1) / ln 2 - log2 x)``, solved for ``x`` by bisection (the
+        right side over ``x * r`` grows with ``x``). A burst the ramp could not have drained
+        (the 429 came early) gives ``end_rate`` itself.
+        """
+        period = gate / self.ramp_steps
+        target = burst / (period * end_rate) if end_rate > 0 else 0.0
+        if target <= 0 or target >= 1 / math.log(2):
+            return end_rate
+        lo, hi = 1.0, 2.0**40
+        for _ in range(60):
+            mid = (lo * hi) ** 0.5
+            if ((mid - 1) / math.log(2) - math.log2(mid)) / mid < target:
+                lo = mid
+            else:
+                hi = mid
+        return max(end_rate / lo, self.min_rate)
+
+    def held_fit(
+        self, ok: int, span: float, gate: float, burst: float, rate: float
+    ) -> float | None:
+        """A 429 while held near an estimate at ``rate``: the stretch since the gate opened was
+        above the server's rate all along, so it let ``burst + r * span`` through. None when
+        the stretch is too short to tell or the fit makes no sense."""
+        if span < self.fit_min_span * gate:
+            return None
+        fit = (ok - burst) / span
+        return fit if 0 < fit <= rate else None
 
 
 PACING: Final = PacingRule()
+
+
+class QuotaCount:
+    """The announced quota, counted down by our own sends between answers.
+
+    An answer to send ``seq`` saying ``remaining`` counted that send, not the ones sent after
+    it (answers come back in about the order of sends): ``remaining - (sends - seq)`` sends
+    are left. Within one window the count only goes down (an answer overtaken by later ones
+    says too much), and the reset is the earliest any answer named (resets in whole seconds
+    are rounded up: the earliest is the tightest). When the reset passes the whole quota is
+    there again, and answers to sends before that moment are ignored.
+    """
+
+    __slots__ = ("_fresh", "_rolled", "_seq", "left", "limit", "reset_at", "window")
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.window: float | None = None
+        self.left: int | None = None  # None: nothing to count (no remaining announced yet)
+        self.reset_at: float | None = None
+        self._seq = 0  # the newest send an answer told us about
+        self._rolled = -1  # answers to sends up to this one belong to an older window
+        self._fresh = True  # no answer yet in this window
+
+    def roll(self, now: float, sends: int) -> None:
+        """The window reset: its whole quota is there again."""
+        reset_at = self.reset_at
+        if reset_at is None or now < reset_at:
+            return
+        self.left = self.limit
+        window = self.window
+        self.reset_at = reset_at + window * (1 + (now - reset_at) // window) if window else None
+        self._rolled, self._fresh = sends, True
+
+    def answer(self, quota: Quota, seq: int, sends: int, now: float) -> None:
+        if quota.window is not None and quota.limit is not None:
+            self.window = quota.window
+        if quota.limit is not None:
+            self.limit = quota.limit
+        if quota.remaining is None or seq <= self._rolled or seq < self._seq:
+            return  # nothing to count, or older than what we know
+        self._seq = seq
+        left = max(0, quota.remaining - (sends - seq))
+        self.left = left if self._fresh or self.left is None else min(self.left, left)
+        if quota.reset is not None:
+            reset_at = now + quota.reset
+            if self._fresh or self.reset_at is None:
+                predicted = (
+                    self.reset_at if self.reset_at is not None and self.reset_at > now else None
+                )
+                self.reset_at = reset_at if predicted is None else min(predicted, reset_at)
+            else:
+                self.reset_at = min(self.reset_at, reset_at)
+        self._fresh = False
+
+    def spent(self) -> bool:
+        """True when no send is left before a known reset."""
+        return self.left is not None and self.left <= 0 and self.reset_at is not None
 
 
 class RatePacer:
     """The rate gate and pacer for one origin.
 
     ``429 RATE_LIMITED`` closes the gate until the time the server named, for every request to
-    that origin. From the first such 429 on, sends are paced by a token bucket whose rate
-    follows CUBIC on the measured response rate (the AWS SDKs' adaptive mode), so the reopened
-    gate does not release a burst of new 429s. Two changes from botocore, for fast recovery: the
-    measured rate is a 1 s sliding window (botocore's smoothed clocker reads 0 at the start, so
-    its first cut drops to the 0.5 req/s floor), and CUBIC's C is scaled so the rate is back at
-    the cut level ``recovery`` seconds after a cut.
+    that origin; so does an announced quota that is spent (remaining 0, until its reset). From
+    the first 429 on, sends are paced by a token bucket whose rate follows one of two rules,
+    chosen by the gate the 429 imposed (what a probe past the limit costs):
+
+    - **Cheap gates** (``Retry-After-Ms``-style, shorter than ``PacingRule.costly_gate``):
+      CUBIC on the measured response rate, as the AWS SDKs' adaptive mode (botocore
+      ``throttling.py``), with two changes for fast recovery: the measured rate is a 1 s
+      sliding window (botocore's smoothed clocker reads 0 at the start, so its first cut drops
+      to the 0.5 req/s floor), and CUBIC's C is scaled so the rate is back at the cut level
+      ``recovery`` s after a cut.
+    - **Costly gates** (whole-second ``Retry-After``): a probe past the limit closes the origin
+      for a whole gate, so the pacer estimates the limit and holds below it. After the first
+      429 it restarts from what the server surely gave per gate and doubles every
+      gate / ``ramp_steps`` (TCP slow start); the first stretch, sent at full speed, measured
+      the server's burst, and where the slow start drew its 429 gives the server's rate
+      (:meth:`PacingRule.ramp_limit`). The rate is then held at ``hold`` of that and grows
+      back along CUBIC over ``probe_gates`` gate lengths before probing above (CUBIC's
+      plateau around W_max; BBR and Netflix's concurrency-limits likewise probe rarely above
+      the estimate), so a whole-second gate is paid about once more, not once a second. A
+      429 while held is fitted again from the held stretch (:meth:`PacingRule.held_fit`).
+      An announced quota (``q`` per ``w``) is the estimate from the start: held there flat.
     """
 
     def __init__(
@@ -225,17 +380,27 @@ class RatePacer:
             beta=beta, recovery=recovery, min_rate=min_rate, burst=burst, idle_reset=idle_reset
         )
         now = clock()
-        self._started = now
         self._blocked_until = now
         self._measure = WindowRate(PACING.window, PACING.window_slots, PACING.minimum_span)
         self._w_max = 0.0  # the rate of the last cut
         self._last_cut = now
+        self._cut_beta: float | None = None  # None: the rule's own (a cheap cut)
+        self._cut_recovery: float | None = None
         self._bucket: TokenBucket | None = None
-        self._min_rate = min_rate
-        self._burst = burst
-        self._idle_reset = idle_reset
         self._last_throttle = now
         self._epoch = 0
+        # The open stretch: since when the gate is open (None: from the next answer) and what
+        # got through since; the server's burst, measured by the first stretch.
+        self._open_at: float | None = None
+        self._open_ok = 0
+        self._burst_est: float | None = None
+        self._burst_since = 0.0
+        self._burst_span = 0.0
+        self._ramp: tuple[float, float, float] | None = None  # start rate, since, gate
+        # The announced quota: the rate it names, and the sends it leaves before its reset.
+        self._announced: float | None = None
+        self._quota = QuotaCount()
+        self.sends = 0  # sends taken while active (their sequence numbers)
         # One sender at a time computes its wait from the *current* rate; the rest queue FIFO.
         self.turn = anyio.Lock()
 
@@ -253,63 +418,212 @@ class RatePacer:
         return self._epoch
 
     @property
+    def quota_left(self) -> int | None:
+        """Sends the announced quota still allows before its reset (None: none announced)."""
+        self._quota.roll(self._clock(), self.sends)
+        return self._quota.left
+
+    @property
     def active(self) -> bool:
-        """True while sends must queue: the gate is closed or pacing is on.
+        """True while sends must queue: the gate is closed, pacing is on or a quota is counted.
 
         Pacing switches itself off ``idle_reset`` seconds after the last 429: the next burst is
         sent at full speed and, if the limit is still there, learns it again from one 429.
         """
-        if self._bucket is None:
-            return self._blocked_until > self._clock()
         now = self._clock()
-        if now - self._last_throttle > self._idle_reset:
-            self._bucket = None
-            return self._blocked_until > now
-        return True
+        if self._bucket is not None and now - self._last_throttle > self._rule.idle_reset:
+            self._bucket, self._ramp, self._burst_est, self._open_at = None, None, None, None
+        counting = self._quota.left is not None
+        return self._bucket is not None or counting or self._blocked_until > now
 
     def delay(self) -> float:
         """Seconds until the next send may go (gate open and a pacing token there)."""
         now = self._clock()
-        gate = max(0.0, self._blocked_until - now)
+        self._quota.roll(now, self.sends)
+        gate = max(0.0, self._blocked_until - now, self._quota_wait(now))
         if self._bucket is None:
             return gate
+        if self._ramp is not None:
+            self._ramp_to(now)  # the slow start grows with time, not only with answers
         return max(gate, self._bucket.time_to_token(now))
 
-    def take(self) -> None:
-        """Spend the pacing token of a send that goes now."""
+    def take(self) -> int:
+        """Spend the pacing token (and a unit of quota) of a send that goes now; returns the
+        send's sequence number, to pass back with its answer."""
         if self._bucket is not None:
             self._bucket.take(self._clock())
+        self.sends += 1
+        if self._quota.left is not None:
+            self._quota.left -= 1
+        return self.sends
+
+    def untake(self) -> None:
+        """Give back what :meth:`take` spent for a send that did not go after all (the gate
+        closed while it waited for its permit)."""
+        self.sends -= 1
+        if self._quota.left is not None:
+            self._quota.left += 1
 
     def gate_wait(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
 
-    def on_response(self, *, rate_limited: bool, retry_after: float | None, epoch: int) -> bool:
-        """Feed one response; True when it closed a gate that was open."""
+    def _close(self, until: float) -> bool:
+        """Close the gate until ``until``; True when it was open (report openings only)."""
+        if until <= self._blocked_until:
+            return False
+        closed = self._blocked_until <= self._clock()
+        self._blocked_until = until
+        # The next stretch starts when the gate opens; what gets through before is not its.
+        self._open_at, self._open_ok = until, 0
+        return closed
+
+    def _quota_wait(self, now: float) -> float:
+        """A spent quota holds the origin's sends until its reset, as a 429's gate does."""
+        quota = self._quota
+        if quota.spent():
+            assert quota.reset_at is not None
+            return max(0.0, quota.reset_at - now)
+        return 0.0
+
+    # ------------------------------------------------------------------ responses
+
+    def on_response(
+        self,
+        *,
+        rate_limited: bool,
+        retry_after: float | None,
+        epoch: int,
+        quota: Quota | None = None,
+        seq: int | None = None,
+    ) -> bool:
+        """Feed one response; True when it closed a gate that was open.
+
+        ``quota`` is what the answer announced, ``seq`` the number :meth:`take` gave its send
+        (None: sent unpaced, read as the latest).
+        """
         now = self._clock()
         self._measure.record(now)
+        if self._open_at is None:
+            self._open_at = now  # the first answer (after an idle spell) opens a stretch
+        if not rate_limited:
+            if now >= self._open_at:
+                self._open_ok += 1
+            elif self._ramp is not None and self._burst_est is not None and self._cut_beta is None:
+                # Sent in the first stretch, answered after its 429: still the server's burst.
+                self._burst_est += 1
+                self._burst_span = now - self._burst_since
         closed = False
+        count = self._quota
+        if quota is not None:
+            if quota.rate is not None:
+                self._announced = quota.rate
+            count.roll(now, self.sends)
+            spent = count.spent()
+            count.answer(quota, self.sends if seq is None else seq, self.sends, now)
+            closed = not spent and count.spent() and self._blocked_until <= now
+        if rate_limited and count.reset_at is not None and count.left is not None:
+            # Counting an announced quota, a 429 means it is spent sooner than counted (other
+            # clients, a race): hold until the reset and the 429's own gate. The quota paces;
+            # there is nothing to discover.
+            count.left = 0
+            if retry_after is not None:
+                closed = self._close(now + retry_after) or closed
+            return closed
         if rate_limited:
             self._last_throttle = now
-            if retry_after is not None and now + retry_after > self._blocked_until:
-                closed = self._blocked_until <= now  # report openings, not every extension
-                self._blocked_until = now + retry_after
             if epoch != self._epoch:
-                return closed  # this round trip was already cut
+                # This round trip was already cut; its gate may still be longer.
+                if retry_after is not None:
+                    closed = self._close(now + retry_after) or closed
+                return closed
             self._epoch += 1
-            measured = self._measure.rate(now)
-            rate = self._bucket.rate if self._bucket is not None else None
-            self._w_max, new_rate = self._rule.cut(measured, rate)
-            self._last_cut = now
-            if self._bucket is None:
-                self._bucket = TokenBucket(
-                    new_rate, now, min_rate=self._min_rate, burst=self._burst
-                )
+            stretch = (now - self._open_at, self._open_ok)
+            if retry_after is not None:
+                closed = self._close(now + retry_after) or closed
+            if self._rule.costly(retry_after):
+                assert retry_after is not None
+                self._costly_cut(now, retry_after, stretch)
             else:
-                self._bucket.set_rate(new_rate, now)
+                self._ramp = None
+                self._cut_beta = self._cut_recovery = None
+                measured = self._measure.rate(now)
+                if self._announced is not None:
+                    measured = min(measured, self._announced)
+                self._set_cut(*self._rule.cut(measured, self.rate), now)
         elif self._bucket is not None:
-            measured = self._measure.rate(now)
-            new_rate = self._rule.grow(
-                self._w_max, now - self._last_cut, measured, self._bucket.rate
-            )
-            self._bucket.set_rate(new_rate, now)
+            self._grow(now)
         return closed
+
+    def _set_cut(self, w_max: float, new_rate: float, since: float) -> None:
+        self._w_max, self._last_cut = w_max, since
+        self._set_rate(new_rate, self._clock())
+
+    def _set_rate(self, rate: float, now: float) -> None:
+        rule = self._rule
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, now, min_rate=rule.min_rate, burst=rule.burst)
+        else:
+            self._bucket.set_rate(rate, now)
+
+    def _hold(self, estimate: float, since: float, beta: float, gate: float) -> None:
+        """Hold at ``beta`` of ``estimate``, back at it ``probe_gates`` gate lengths later."""
+        rule = self._rule
+        self._ramp = None
+        self._cut_beta, self._cut_recovery = beta, rule.probe_gates * gate
+        estimate = max(estimate, rule.min_rate)
+        self._set_cut(estimate, max(estimate * beta, rule.min_rate), since)
+
+    def _costly_cut(self, now: float, gate: float, stretch: tuple[float, int]) -> None:
+        rule = self._rule
+        reopen = max(now, self._blocked_until)
+        span, ok = stretch
+        current = self.rate
+        if self._announced is not None:
+            # The server said what it allows: hold there, no discovery, no probing.
+            self._hold(self._announced, reopen, 1.0, gate)
+        elif self._ramp is not None and current is not None and self._burst_est is not None:
+            # The slow start drew its 429: the server's rate is where it began to drain the
+            # burst. The first stretch's burst includes its rate's share: take that out.
+            estimate = rule.ramp_limit(current, self._ramp[2], self._burst_est)
+            burst = max(1.0, self._burst_est - estimate * self._burst_span)
+            self._hold(rule.ramp_limit(current, self._ramp[2], burst), reopen, rule.hold, gate)
+        elif current is not None and self._cut_beta is not None:
+            # Held near an estimate: fit the rate from the held stretch; one too short to tell
+            # is cut as CUBIC does.
+            fit = rule.held_fit(ok, span, gate, self._burst_est or 0.0, current)
+            if fit is not None:
+                self._hold(fit, reopen, rule.hold, gate)
+            else:
+                self._hold(current, reopen, rule.beta, gate)
+        else:
+            # No estimate: slow start. The first stretch went at full speed, so what got
+            # through it is the server's burst.
+            if self._burst_est is None:
+                self._burst_est = float(max(ok, 1))
+                self._burst_since, self._burst_span = now - span, span
+            start = rule.ramp_start(ok, span, gate)
+            self._cut_beta = self._cut_recovery = None
+            self._ramp = (start, reopen, gate)
+            self._set_rate(start, now)
+
+    def _ramp_to(self, now: float) -> None:
+        assert self._bucket is not None
+        assert self._ramp is not None
+        start, since, gate = self._ramp
+        self._bucket.set_rate(self._rule.ramp_rate(start, now - since, gate), now)
+
+    def _grow(self, now: float) -> None:
+        assert self._bucket is not None
+        if self._ramp is not None:
+            self._ramp_to(now)
+            return
+        measured = self._measure.rate(now)
+        new_rate = self._rule.grow(
+            self._w_max,
+            now - self._last_cut,
+            measured,
+            self._bucket.rate,
+            self._cut_beta,
+            self._cut_recovery,
+        )
+        self._bucket.set_rate(new_rate, now)

@@ -26,6 +26,7 @@ from ._concurrency import AdaptiveLimiter, ConcurrencyPermit
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
 from ._pacing import MAX_RETRY_AFTER, RatePacer
+from ._quota import Quota
 from ._validate import boolean, show
 
 __all__ = ["Admission", "LocalStore", "RetryBudgetSettings", "Signal", "Store"]
@@ -47,6 +48,7 @@ class Feedback:
 
     signal: Signal
     gate: float | None = None  # seconds the origin's gate closes (Retry-After, capped)
+    quota: Quota | None = None  # the rate limit the answer announced (its reset capped)
 
 
 @runtime_checkable
@@ -287,19 +289,25 @@ class LocalStore:
         state.users += 1  # from here to release(): this state may not be forgotten
         try:
             while True:
-                if pacer.active:
-                    await self._wait_turn(pacer, deadline)
+                seq = await self._wait_turn(pacer, deadline) if pacer.active else None
                 permit = await self._acquire(limiter, deadline)
-                if pacer.gate_wait() <= 0:
-                    return _LocalAdmission(self, state, origin, permit)
-                # The gate closed while we waited for the permit: do not send into it.
+                if seq is None and pacer.active and pacer.delay() <= 0:
+                    # Pacing or a quota started while we waited for the permit: take a turn.
+                    seq = pacer.take()
+                if (seq is not None and pacer.gate_wait() <= 0) or not pacer.active:
+                    return _LocalAdmission(self, state, origin, permit, seq)
+                # The gate closed, or pacing started, while we waited for the permit: do not
+                # send past it; queue at the pacer first.
+                if seq is not None:
+                    pacer.untake()
                 limiter.release(permit)
         except BaseException:
             state.users -= 1
             raise
 
-    async def _wait_turn(self, pacer: RatePacer, deadline: float | None) -> None:
-        """Queue at the gate and pacer; each turn's wait uses the rate as it is then."""
+    async def _wait_turn(self, pacer: RatePacer, deadline: float | None) -> int:
+        """Queue at the gate and pacer; each turn's wait uses the rate as it is then. Returns
+        the send's sequence number at the pacer."""
         # Without a deadline, a gate closed for longer than MAX_RETRY_AFTER fails fast, as the
         # answer that closed it did (_decide): a server cannot park every later request.
         horizon = deadline if deadline is not None else self._clock() + MAX_RETRY_AFTER
@@ -315,9 +323,10 @@ class LocalStore:
                             else f"the rate gate stays closed for {wait:.0f} s"
                         )
                     await anyio.sleep(wait)
-                pacer.take()
+                seq = pacer.take()
         if scope.cancelled_caught:
             raise DeadlineExceeded("no turn at the rate gate before max_elapsed")
+        return seq
 
     async def _acquire(self, limiter: AdaptiveLimiter, deadline: float | None) -> ConcurrencyPermit:
         permit = limiter.try_acquire()
@@ -343,16 +352,22 @@ class LocalStore:
 class _LocalAdmission:
     """A :class:`LocalStore` admission: the permit and the pacing epoch it was sent in."""
 
-    __slots__ = ("_origin", "_permit", "_rate_epoch", "_released", "_state", "_store")
+    __slots__ = ("_origin", "_permit", "_rate_epoch", "_released", "_seq", "_state", "_store")
 
     def __init__(
-        self, store: LocalStore, state: _Origin, origin: str, permit: ConcurrencyPermit
+        self,
+        store: LocalStore,
+        state: _Origin,
+        origin: str,
+        permit: ConcurrencyPermit,
+        seq: int | None = None,
     ) -> None:
         self._store = store
         self._state = state
         self._origin = origin
         self._permit = permit
         self._rate_epoch = state.pacer.epoch
+        self._seq = seq  # the send's number at the pacer (None: sent unpaced)
         self._released = False
 
     @property
@@ -373,7 +388,11 @@ class _LocalAdmission:
             limiter.on_concurrency_exceeded(self._permit)
         pacer = self._state.pacer
         closed = pacer.on_response(
-            rate_limited=signal is Signal.RATE, retry_after=feedback.gate, epoch=self._rate_epoch
+            rate_limited=signal is Signal.RATE,
+            retry_after=feedback.gate,
+            epoch=self._rate_epoch,
+            quota=feedback.quota,
+            seq=self._seq,
         )
         if closed:
             rate = pacer.rate
@@ -381,7 +400,7 @@ class _LocalAdmission:
                 GATE_EVENT,
                 "info",
                 origin=self._origin,
-                closed_for=round(feedback.gate or 0.0, 3),
+                closed_for=round(pacer.delay(), 3),
                 pace=round(rate, 2) if rate is not None and math.isfinite(rate) else None,
             )
 

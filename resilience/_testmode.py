@@ -100,7 +100,9 @@ def limits_feedback(mode: TestMode, feedback: Feedback) -> Feedback:
         return feedback
     if feedback.signal is Signal.RATE:
         return Feedback(Signal.OTHER)
-    return feedback if feedback.gate is None else Feedback(feedback.signal)
+    # An announced quota would hold sends until its reset: dropped like a gate.
+    plain = feedback.gate is None and feedback.quota is None
+    return feedback if plain else Feedback(feedback.signal)
 
 
 def next_decision(mode: TestMode, decision: Decision) -> Decision:

@@ -757,6 +757,10 @@ def test_every_setting_round_trips_through_the_command_line() -> None:
         seed=None,
         outage_for=2.5,
         outage_code="reset",
+        retry_after_style="date",
+        window_limit=7,
+        window_seconds=2.5,
+        quota_headers="x-unix",
     )
     d = EmulatorConfig()
     unchanged = [f.name for f in fields(d) if getattr(config, f.name) == getattr(d, f.name)]

@@ -38,6 +38,7 @@ from resilience.testing._faults import (
     serve,
 )
 from resilience.testing._outage import OUTAGE_RESET, Outage
+from resilience.testing._ratelimit import FixedWindow, quota_headers, retry_after_headers
 from resilience.testing._settings import (
     FATAL_CODES,
     MAX_DELAY,
@@ -55,6 +56,7 @@ REQUEST_IDS_CAP: Final = 100_000
 _MAX_JOBS: Final = 100_000
 _MAX_BODY: Final = 64 * 1024 * 1024
 _SHUTDOWN_TIMEOUT: Final = 0.25
+_ANNOUNCED: Final = web.RequestKey("resilience_announced", dict)  # the window's headers
 _PING_BODY: Final = b'{"ok": true}'
 
 
@@ -88,6 +90,7 @@ class Emulator:
         self._st = Counters()
         self._received: deque[Received] = deque(maxlen=RECEIVED_LOG_SIZE)
         self._outage = Outage()
+        self._window: FixedWindow | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -270,15 +273,23 @@ class Emulator:
         self._received.append(Received(request.method, path, headers))
 
         resp = await self._gate(request, path, rid)
-        if resp is not None:
-            return resp
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:
-            return self._http_error(exc, record=True)
-        if resp.status < 400:
-            self._st.by_code["ok"] += 1
+        if resp is None:
+            try:
+                resp = await handler(request)
+            except web.HTTPException as exc:
+                resp = self._http_error(exc, record=True)
+            if resp.status < 400:
+                self._st.by_code["ok"] += 1
+        announced = request.get(_ANNOUNCED)
+        if announced and not resp.prepared:
+            resp.headers.update(announced)  # the fixed window announces itself on every answer
         return resp
+
+    def _window_for(self, limit: int, seconds: float) -> FixedWindow:
+        window = self._window
+        if window is None or window.limit != limit or window.window != seconds:
+            window = self._window = FixedWindow(limit, seconds)
+        return window
 
     async def _gate(self, request: web.Request, path: str, rid: str) -> web.StreamResponse | None:
         """The outage, injected faults, the rate limit, random faults; None lets the request in."""
@@ -297,6 +308,17 @@ class Emulator:
                     return None
                 return await serve(fault, request, rid, self._record)
         config = self._config
+        if config.window_limit is not None:
+            wall = time.time()
+            window = self._window_for(config.window_limit, config.window_seconds)
+            admitted, remaining, reset_at = window.admit(wall)
+            announced = quota_headers(
+                config.quota_headers, window.limit, window.window, remaining, reset_at, wall
+            )
+            request[_ANNOUNCED] = announced
+            if not admitted:
+                asked = retry_after_headers(reset_at - wall, config.retry_after_style, wall)
+                return self._error("RATE_LIMITED", headers={**announced, **asked})
         rate = config.rate_limit
         if rate is not None:
             now = time.monotonic()
@@ -308,11 +330,7 @@ class Emulator:
                 self._tokens = tokens
                 wait = (1.0 - tokens) / rate
                 return self._error(
-                    "RATE_LIMITED",
-                    headers={
-                        "Retry-After": str(max(1, math.ceil(wait))),
-                        "Retry-After-Ms": str(max(1, math.ceil(wait * 1000))),
-                    },
+                    "RATE_LIMITED", headers=retry_after_headers(wait, config.retry_after_style)
                 )
         if config.reset_rate or config.transient_rate or config.fatal_rate:
             draw = self._rng.random()

@@ -18,6 +18,7 @@ from resilience.cli._args import (
     probability,
 )
 from resilience.testing._outage import check_outage, outage_code, outage_seconds
+from resilience.testing._ratelimit import QUOTA_HEADER_STYLES, RETRY_AFTER_STYLES
 
 __all__ = [
     "FATAL_CODES",
@@ -81,6 +82,21 @@ class EmulatorConfig:
     429 ``RATE_LIMITED`` with ``Retry-After`` and ``Retry-After-Ms``. ``None``: unlimited."""
     rate_burst: int = 10
     """Token-bucket capacity."""
+    retry_after_style: str = "ms"
+    """How a 429 ``RATE_LIMITED`` says when to come back: ``"ms"`` (``Retry-After`` in whole
+    seconds plus ``Retry-After-Ms``), ``"seconds"`` (whole seconds only, rounded up, at least
+    1: what most servers send) or ``"date"`` (an HTTP-date)."""
+    window_limit: int | None = None
+    """A fixed window over all ``/v1/*`` requests: this many per ``window_seconds``, windows
+    aligned to the wall clock; over it 429 ``RATE_LIMITED`` until the window ends. ``None``:
+    no window."""
+    window_seconds: float = 1.0
+    """The fixed window's length."""
+    quota_headers: str = "ietf"
+    """How the fixed window announces itself on every answer: ``"ietf"`` (``RateLimit`` /
+    ``RateLimit-Policy``), ``"ietf-old"`` (``RateLimit-Limit/-Remaining/-Reset``), ``"x"``
+    (``X-RateLimit-*``, Reset in delta seconds), ``"x-unix"`` (Reset a Unix time) or
+    ``"none"``."""
     generation_time: float = 0.05
     """Seconds a generation takes; its plan slot is held that long."""
     transient_rate: float = 0.0
@@ -111,6 +127,23 @@ class EmulatorConfig:
             object.__setattr__(self, "rate_limit", float(rl))
         if not (is_int(self.rate_burst) and self.rate_burst >= 1):
             raise ValueError(f"rate_burst must be an int >= 1, got {self.rate_burst!r}")
+        if self.retry_after_style not in RETRY_AFTER_STYLES:
+            raise ValueError(
+                f"retry_after_style must be one of {', '.join(RETRY_AFTER_STYLES)}, "
+                f"got {self.retry_after_style!r}"
+            )
+        if self.quota_headers not in QUOTA_HEADER_STYLES:
+            raise ValueError(
+                f"quota_headers must be one of {', '.join(QUOTA_HEADER_STYLES)}, "
+                f"got {self.quota_headers!r}"
+            )
+        wl = self.window_limit
+        if wl is not None and not (is_int(wl) and wl >= 1):
+            raise ValueError(f"window_limit must be None or an int >= 1, got {wl!r}")
+        ws = self.window_seconds
+        if not (is_number(ws) and math.isfinite(ws) and 0 < ws <= MAX_DELAY):
+            raise ValueError(f"window_seconds must be a number in (0, {MAX_DELAY:g}], got {ws!r}")
+        object.__setattr__(self, "window_seconds", float(ws))
         for name in ("generation_time", "ready_after"):
             value = getattr(self, name)
             if not (is_number(value) and math.isfinite(value) and 0 <= value <= MAX_DELAY):
@@ -146,6 +179,15 @@ class _Option:
         self.help = help  # "{default}" is filled in with the parser's default
 
 
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 _OPTIONS: Final[dict[str, _Option]] = {
     "plan_concurrency": _Option(
         "N",
@@ -160,6 +202,27 @@ _OPTIONS: Final[dict[str, _Option]] = {
     ),
     "rate_burst": _Option(
         "N", bounded_int(1), "token bucket size of the rate limit (default {default})"
+    ),
+    "retry_after_style": _Option(
+        "STYLE",
+        _choice(RETRY_AFTER_STYLES),
+        "how a rate-limit 429 says when to retry: ms (Retry-After plus Retry-After-Ms), "
+        "seconds (whole seconds only), date (HTTP-date) (default {default})",
+    ),
+    "window_limit": _Option(
+        "N",
+        optional(bounded_int(1)),
+        "a fixed window of N requests per --window-seconds, aligned to the wall clock, or "
+        "'none' (default {default})",
+    ),
+    "window_seconds": _Option(
+        "S", positive_float, "the fixed window's length in seconds (default {default})"
+    ),
+    "quota_headers": _Option(
+        "STYLE",
+        _choice(QUOTA_HEADER_STYLES),
+        "how the fixed window announces itself on every answer: ietf, ietf-old, x, x-unix, "
+        "none (default {default})",
     ),
     "generation_time": _Option(
         "S", non_negative_float, "seconds per generation (default {default})"
