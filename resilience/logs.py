@@ -5,7 +5,10 @@ the fields of :data:`ATTEMPT_FIELDS`).
 :func:`summarize` folds such a stream into a :class:`LogSummary` in constant memory: it keeps no
 per-request state, learning each logical request's final outcome and total time from its terminal
 event (``ok``, ``give_up`` or ``fail``), and keeps only a bounded heap of the slowest requests and
-the first few failures. :func:`timeline` picks out the attempts of one request.
+the first few failures. Final failures are also grouped by the code table's domain (auth,
+billing, common, generation, studio, upstream, voice; ``transport`` for errors without an
+answer, ``other`` for answers the table does not know), each with one line of advice.
+:func:`timeline` picks out the attempts of one request.
 
 Rendering and the command line (``python -m resilience logs``) live in :mod:`resilience.cli`.
 """
@@ -15,16 +18,19 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from resilience._codes import CodeTable
 from resilience._events import ATTEMPT_EVENT, ATTEMPT_FIELDS
 
 __all__ = [
     "ATTEMPT_EVENT",
     "ATTEMPT_FIELDS",
     "CodeRow",
+    "DomainRow",
     "LogSummary",
     "RequestRow",
     "summarize",
@@ -47,6 +53,21 @@ _MAX_CODES: Final = 1000
 _OTHER_CODES: Final = "(other)"
 
 _JSON_VERSION: Final = 1
+
+_TRANSPORT: Final = "transport"  # no answer at all: a reset, a refused connection, a timeout
+_OTHER: Final = "other"  # an answer the code table does not know: a bare status, a foreign code
+_ADVICE: Final[Mapping[str, str]] = {
+    "auth": "check the API key: it is missing, invalid or expired, or lacks the role",
+    "billing": "top up the account's credits, then send the requests again",
+    "common": "fix the request (its body, path or state); for RATE_LIMITED, send less often",
+    "generation": "lower concurrency or retry later: the generation service is busy or slow",
+    "studio": "fix the studio project's clips or its storage, then export again",
+    "upstream": "a service behind the API failed: retry later, and report it if it persists",
+    "voice": "retry later, or change the voice sample or description",
+    _TRANSPORT: "network or time: check connectivity, DNS, TLS, timeouts and max_elapsed",
+    _OTHER: "not an answer of the API's table (a proxy's page?): look at the status and server id",
+}
+_DEFAULT_ADVICE: Final = "see the codes in this domain of your code table"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +100,20 @@ class RequestRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainRow:
+    """Final failures (``give_up`` or ``fail``) of one domain of the code table, with advice."""
+
+    domain: str
+    """The table's domain of the last code; ``"transport"`` when no answer came (a reset, a
+    timeout), ``"other"`` for an answer the table does not know (a bare status)."""
+    requests: int
+    codes: tuple[tuple[str, int], ...]
+    """(outcome key, requests) in this domain, most first."""
+    advice: str
+    """One line: what to do about failures of this domain."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogSummary:
     """What :func:`summarize` learned; ``lines_read == attempt_events + skipped_lines``."""
 
@@ -108,6 +143,8 @@ class LogSummary:
     failures_total: int
     """All logical requests that gave up or failed (``requests_gave_up + requests_failed``)."""
     top: int
+    domains: tuple[DomainRow, ...] = ()
+    """Every final failure grouped by domain, most failures first (not bounded by ``top``)."""
 
 
 def _is_seconds(value: object) -> bool:
@@ -178,6 +215,30 @@ def _code_key(event: dict[str, Any]) -> str:
     return "unknown"
 
 
+def _domain(event: dict[str, Any], table: CodeTable) -> str:
+    """The domain of a (valid) terminal failure event."""
+    code = event.get("code")
+    if code:
+        spec = table.get(code)
+        return spec.domain if spec is not None else _OTHER
+    if event.get("status") is None and event.get("error"):
+        return _TRANSPORT
+    return _OTHER
+
+
+def _domain_rows(domains: dict[str, Counter[str]]) -> tuple[DomainRow, ...]:
+    rows = [
+        DomainRow(
+            domain=name,
+            requests=sum(codes.values()),
+            codes=tuple(sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))),
+            advice=_ADVICE.get(name, _DEFAULT_ADVICE),
+        )
+        for name, codes in domains.items()
+    ]
+    return tuple(sorted(rows, key=lambda r: (-r.requests, r.domain)))
+
+
 def _request_row(event: dict[str, Any], code: str) -> RequestRow:
     elapsed = event.get("elapsed")
     return RequestRow(
@@ -191,8 +252,12 @@ def _request_row(event: dict[str, Any], code: str) -> RequestRow:
     )
 
 
-def summarize(lines: Iterable[str | bytes], *, top: int = 10) -> LogSummary:
+def summarize(
+    lines: Iterable[str | bytes], *, top: int = 10, table: CodeTable | None = None
+) -> LogSummary:
     """Fold a stream of log lines into a :class:`LogSummary`, in memory bounded by ``top``.
+
+    ``table`` (default: the API's published table) gives each failure's code its domain.
 
     Bytes lines are decoded as UTF-8 with replacement. Lines that are not JSON, not an attempt
     event, or an attempt event with a field of the wrong type are counted and skipped. A request
@@ -208,6 +273,8 @@ def summarize(lines: Iterable[str | bytes], *, top: int = 10) -> LogSummary:
     codes: dict[str, list[int]] = {}  # key -> attempts per outcome, in _OUTCOME_ORDER
     slowest: list[tuple[float, int, RequestRow]] = []  # min-heap of (elapsed, -pushed, row)
     failures: list[RequestRow] = []
+    domains: dict[str, Counter[str]] = {}  # domain -> final failures per outcome key
+    codes_table = table if table is not None else CodeTable.default()
     index = _OUTCOME_INDEX
 
     for line in lines:
@@ -233,9 +300,11 @@ def summarize(lines: Iterable[str | bytes], *, top: int = 10) -> LogSummary:
 
         # A terminal event: one logical request ends here.
         row: RequestRow | None = None
-        if outcome != "ok" and len(failures) < top:
-            row = _request_row(event, key)
-            failures.append(row)
+        if outcome != "ok":
+            domains.setdefault(_domain(event, codes_table), Counter())[key] += 1
+            if len(failures) < top:
+                row = _request_row(event, key)
+                failures.append(row)
         elapsed = event.get("elapsed")
         if elapsed is None or not top:
             continue
@@ -284,6 +353,7 @@ def summarize(lines: Iterable[str | bytes], *, top: int = 10) -> LogSummary:
         failures=tuple(failures),
         failures_total=gave_up + failed,
         top=top,
+        domains=_domain_rows(domains),
     )
 
 
@@ -352,4 +422,13 @@ def summary_to_json(summary: LogSummary) -> dict[str, Any]:
         "slowest": [_row_json(r) for r in summary.slowest],
         "failures": [_row_json(r) for r in summary.failures],
         "failures_total": summary.failures_total,
+        "failures_by_domain": [
+            {
+                "domain": r.domain,
+                "requests": r.requests,
+                "codes": dict(r.codes),
+                "advice": r.advice,
+            }
+            for r in summary.domains
+        ],
     }

@@ -6,7 +6,10 @@ import gzip
 import io
 import itertools
 import json
+import os
 import random
+import re
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -17,7 +20,7 @@ import pytest
 from rich.console import Console
 
 import resilience.logs
-from resilience import cli
+from resilience import CodeTable, ErrorSpec, cli
 from resilience.cli import _logs
 from resilience.cli._logs import render_text, render_timeline
 from resilience.logs import (
@@ -28,6 +31,8 @@ from resilience.logs import (
     summary_to_json,
     timeline,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def ev(**fields: Any) -> str:
@@ -588,3 +593,115 @@ def test_unknown_top_level_name_is_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'summarise_log'"):
         resilience.summarise_log  # noqa: B018
+
+
+# -- troubleshooting: final failures by domain ---------------------------------------------------
+
+
+def test_final_failures_are_grouped_by_the_tables_domain_with_advice() -> None:
+    summary = summarize(SAMPLE)
+    assert [(r.domain, r.requests, r.codes) for r in summary.domains] == [
+        ("billing", 1, (("BILLING_INSUFFICIENT_CREDITS", 1),)),
+        ("generation", 1, (("DISPATCH_TIMEOUT", 1),)),
+        ("transport", 1, (("ClientConnectorError", 1),)),
+    ]
+    advice = {r.domain: r.advice for r in summary.domains}
+    assert "top up" in advice["billing"]
+    assert "lower concurrency or retry later" in advice["generation"]
+    assert "network" in advice["transport"]
+
+
+def test_every_domain_of_the_table_has_its_own_advice() -> None:
+    failures = [
+        ev(request_id=f"r{n}", attempt=1, status=spec.status, code=code, outcome="fail")
+        for n, (code, spec) in enumerate(CodeTable.default().items())
+    ]
+    rows = {r.domain: r for r in summarize(failures).domains}
+    assert set(rows) == {"auth", "billing", "common", "generation", "studio", "upstream", "voice"}
+    assert sum(r.requests for r in rows.values()) == len(CodeTable.default())
+    advice = [r.advice for r in rows.values()]
+    assert len(set(advice)) == len(advice), "each domain says something of its own"
+    assert "check the API key" in rows["auth"].advice
+    assert "fix the request" in rows["common"].advice
+
+
+def test_answers_the_table_does_not_know_are_other_and_counts_are_not_bounded_by_top() -> None:
+    lines = [
+        ev(request_id="a", attempt=1, status=502, code=None, outcome="give_up"),
+        ev(request_id="b", attempt=1, status=418, code="TEAPOT", outcome="fail"),
+        *(
+            ev(request_id=f"c{n}", attempt=3, code="AUTH_REQUIRED", outcome="fail")
+            for n in range(5)
+        ),
+    ]
+    summary = summarize(lines, top=1)
+    assert len(summary.failures) == 1
+    assert [(r.domain, r.requests, dict(r.codes)) for r in summary.domains] == [
+        ("auth", 5, {"AUTH_REQUIRED": 5}),
+        ("other", 2, {"HTTP 502": 1, "TEAPOT": 1}),
+    ]
+
+
+def test_a_custom_table_gives_its_own_domains() -> None:
+    table = CodeTable([ErrorSpec("TEAPOT", status=418, retryable=False, domain="kitchen")])
+    line = ev(request_id="b", attempt=1, status=418, code="TEAPOT", outcome="fail")
+    (row,) = summarize([line], table=table).domains
+    assert (row.domain, row.requests) == ("kitchen", 1)
+    assert row.advice  # a domain we have no advice for still says where to look
+
+
+def test_json_and_text_carry_the_troubleshooting(
+    log_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = run_json(capsys, str(log_file), "--json")
+    assert doc["failures_by_domain"] == [
+        {"domain": r.domain, "requests": r.requests, "codes": dict(r.codes), "advice": r.advice}
+        for r in summarize(SAMPLE).domains
+    ]
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main([str(log_file)]) == 0
+    out = capsys.readouterr().out
+    assert "Troubleshooting: failed requests by domain" in out
+    assert "top up the account's credits" in out
+
+
+def test_a_log_without_failures_has_no_troubleshooting() -> None:
+    summary = summarize([ev(request_id="a", attempt=1, status=200, outcome="ok")])
+    assert summary.domains == ()
+    assert "Troubleshooting" not in render(summary)
+    assert summary_to_json(summary)["failures_by_domain"] == []
+
+
+# -- stdin ---------------------------------------------------------------------------------------
+
+
+def test_closed_stdin_is_a_one_line_error_with_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", None)  # what Python sets when fd 0 is closed
+    for argv in (["-", "--json"], ["-"], ["-", "--request", "r"]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == "python -m resilience logs: error: cannot read <stdin>: stdin is closed\n"
+
+
+def test_closed_stdin_from_the_shell_is_a_one_line_error_with_exit_2() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m resilience logs - --json <&-', sys.executable],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "python -m resilience logs: error: cannot read <stdin>: stdin is closed\n"
+
+
+def test_readme_advice_table_is_what_the_reader_says() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("| domain | advice |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z]+)` \| (.+) \|$", table, re.MULTILINE))
+    assert rows == dict(resilience.logs._ADVICE)

@@ -16,7 +16,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from resilience.cli._args import Command, CommandError, bounded_int, require_rich
-from resilience.logs import LogSummary, RequestRow, summarize, summary_to_json, timeline
+from resilience.logs import (
+    DomainRow,
+    LogSummary,
+    RequestRow,
+    summarize,
+    summary_to_json,
+    timeline,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -151,6 +158,31 @@ def render_text(summary: LogSummary, console: Console, *, title: str | None = No
         console.print(_request_table(heading, summary.failures, reason=True))
     elif summary.failures_total:
         console.print(f"{summary.failures_total:,} failed requests (none listed with --top 0)")
+    if summary.domains:
+        console.print()
+        console.print(_domain_table(summary.domains))
+
+
+_CODES_SHOWN: Final = 3
+
+
+def _domain_table(rows: Sequence[DomainRow]) -> Table:
+    """Final failures by the code table's domain, each with what to do about it."""
+    from rich.table import Table
+
+    table = Table(title="Troubleshooting: failed requests by domain", title_justify="left")
+    table.add_column("domain", no_wrap=True)
+    table.add_column("requests", justify="right", no_wrap=True)
+    table.add_column("codes", overflow="fold")
+    table.add_column("what to do", overflow="fold")
+    for row in rows:
+        shown = [f"{code} {n:,}" for code, n in row.codes[:_CODES_SHOWN]]
+        if len(row.codes) > _CODES_SHOWN:
+            shown.append(f"+{len(row.codes) - _CODES_SHOWN} more")
+        table.add_row(
+            _cell(row.domain), _count(row.requests), _cell(", ".join(shown)), _cell(row.advice)
+        )
+    return table
 
 
 def render_timeline(events: Iterable[dict[str, Any]], console: Console) -> None:
@@ -221,7 +253,11 @@ def _read(path: str) -> Iterator[bytes]:
     name = "<stdin>" if path == "-" else path
     try:
         if path == "-":
-            yield from _iter_lines(sys.stdin.buffer)
+            # No stdin at all (`<&-`, a daemon): Python sets sys.stdin to None.
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise _ReadError(f"cannot read {name}: stdin is closed")
+            yield from _iter_lines(stdin)
             return
         if path.endswith(".gz"):
             with gzip.open(path, "rb") as compressed:
