@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from dataclasses import FrozenInstanceError
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -237,3 +241,14 @@ async def test_an_attempt_stopped_by_a_bug_further_in_ends_for_the_hooks_only(
     assert start is hook.starts[0]
     assert (record.outcome, record.reason, record.error) == (Outcome.FAIL, "error", "RuntimeError")
     assert not [e for e in logs if e["event"] == "resilience.attempt"]  # the log never has it
+
+
+def test_the_backends_are_imported_only_when_first_used() -> None:
+    code = (
+        "import sys, resilience, resilience.instrumentation as i\n"
+        "assert 'opentelemetry' not in sys.modules and 'prometheus_client' not in sys.modules\n"
+        "i.PrometheusHook\n"
+        "assert 'prometheus_client' in sys.modules and 'opentelemetry' not in sys.modules\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
