@@ -291,6 +291,15 @@ class RedisClusterServers:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         self.wait_ok()
+        if self.replicas:  # a replica that has not synced yet is never promoted
+            deadline = time.monotonic() + 30
+            for node in self.nodes:
+                while "role:slave" in (info := self.info(node, "INFO replication")):
+                    if "master_link_status:up" in info:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a cluster replica never synced")
+                    time.sleep(0.05)
 
     def info(self, node: RedisServer, command: str) -> str:
         return subprocess.run(
@@ -310,7 +319,8 @@ class RedisClusterServers:
 
     def owner(self, key: str) -> RedisServer:
         """The primary serving ``key``'s slot now."""
-        slot = self.info(self.nodes[0], f"CLUSTER KEYSLOT {key}").strip()
+        alive = next(node for node in self.nodes if node.running)
+        slot = self.info(alive, f"CLUSTER KEYSLOT {key}").strip()
         for node in self.nodes:
             if not node.running:
                 continue

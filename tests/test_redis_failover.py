@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from resilience import ResilienceMiddleware
 from resilience.redis import RedisStore
 from resilience.testing import Emulator
-from tests.redis_server import RedisSentinels
+from tests.redis_server import RedisClusterServers, RedisSentinels
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_failover]
 
@@ -119,3 +119,53 @@ async def test_a_killed_primary_falls_back_then_rejoins_the_promoted_replica(
         f"max in flight {stats.max_in_flight} of plan {plan}, "
         f"plan-limit 429s {stats.by_code.get('GENERATION_CONCURRENCY_EXCEEDED', 0)}"
     )
+
+
+async def test_a_killed_cluster_primary_is_replaced_by_its_replica() -> None:
+    """Six nodes (3 primaries, a replica each): the primary serving the namespace's slot is
+    SIGKILLed mid-batch; the store falls back, rejoins once the cluster has promoted the
+    replica, and no job is lost."""
+    plan, jobs = 4, 40
+    with RedisClusterServers(primaries=3, replicas=1, node_timeout_ms=500) as cluster:
+        namespace = f"cfail-{uuid.uuid4().hex[:8]}"
+        owner = cluster.owner(f"{{{namespace}}}")
+        entry = next(n for n in cluster.nodes if n.port != owner.port)
+        store = RedisStore.from_url(
+            entry.url,
+            namespace=namespace,
+            cluster=True,
+            max_concurrency=plan,
+            initial_concurrency=plan,
+            redis_timeout=REDIS_TIMEOUT,
+            probe_max_delay=0.2,
+        )
+        async with Emulator(plan_concurrency=plan, generation_time=0.2) as emu:
+            mw = ResilienceMiddleware(max_attempts=5, max_elapsed=60.0, store=store)
+            async with store, aiohttp.ClientSession(middlewares=(mw,)) as session:
+
+                async def job(n: int) -> bool:
+                    async with session.post(emu.url / "v1/generate", json={"job": f"j{n}"}) as r:
+                        await r.read()
+                        return r.status == 200
+
+                async def kill_owner() -> None:
+                    await asyncio.sleep(0.5)
+                    owner.kill()
+
+                killer = asyncio.create_task(kill_owner())
+                results = await asyncio.gather(*(job(n) for n in range(jobs)))
+                await killer
+                await asyncio.to_thread(cluster.wait_ok)  # the replica took the slot over
+                deadline = time.monotonic() + 10
+                while store.stats().mode != "redis":
+                    assert time.monotonic() < deadline, "never rejoined the promoted replica"
+                    (await store.admit("http://api.test", None)).release()
+                    await asyncio.sleep(0.1)
+                stats = emu.stats
+                new_owner = cluster.owner(f"{{{namespace}}}")
+    assert all(results)  # no job lost
+    assert stats.duplicates == 0
+    assert new_owner.port != owner.port
+    assert store.stats().fallbacks >= 1
+    assert store.stats().rejoins >= 1
+    assert stats.max_in_flight <= plan + 1, stats.max_in_flight
