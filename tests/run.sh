@@ -11,15 +11,21 @@ if [ "${1:-}" = "--lowest" ]; then
   shift
 fi
 
-# The fleet tests start their own redis-server; install Debian's when it is missing.
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  fi
-  # The package starts a system service on 6379; the tests use their own instances.
-  (service redis-server stop || systemctl stop redis-server || pkill -x redis-server) >/dev/null 2>&1 || true
+# The fleet tests start their own redis-server, cluster (redis-cli) and Sentinels; install
+# Debian's packages for whichever binary is missing.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The packages start system services (6379, 26379); the tests use their own instances.
+  for service in redis-server redis-sentinel; do
+    ($sudo service "$service" stop || $sudo systemctl stop "$service") >/dev/null 2>&1 || true
+  done
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
