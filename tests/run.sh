@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   # The packages start system services (6379, 26379); the tests use their own instances.
   for service in redis-server redis-sentinel; do
     ($sudo service "$service" stop || $sudo systemctl stop "$service") >/dev/null 2>&1 || true
