@@ -4,6 +4,7 @@ Run from the repository root (needs ``pip install -e '.[bench]'``)::
 
     python benchmarks/fleet.py            # starts its own redis-server and emulator
     python benchmarks/fleet.py --redis redis://127.0.0.1:6379/0 --workers 4
+    python benchmarks/fleet.py --capacity  # Redis round trips and CPU per 1,000 requests
 
 The scenarios and the peers' settings are ``benchmarks/throttling.py``'s, split across the
 workers (the plan and rate limits belong to the key, not to a process):
@@ -228,6 +229,58 @@ async def permit_cost(redis_url: str, sequential: int = 2000) -> list[str]:
         return [await _store_cost(local, sequential), await _store_cost(shared, sequential)]
 
 
+# --------------------------------------------------------------------------- capacity
+
+CAPACITY_WORKERS: Final = (4, 8, 16)
+
+
+def _redis_cpu(redis_url: str) -> float:
+    """Seconds of CPU the redis-server has used so far (INFO cpu: user + sys)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def capacity(base: URL, redis_url: str) -> list[dict[str, Any]]:
+    """Redis round trips and Redis server CPU per 1,000 requests, at 4, 8 and 16 workers."""
+    rows = []
+    for scenario in SCENARIOS:
+        for workers in CAPACITY_WORKERS:
+            before = _redis_cpu(redis_url)
+            row = run_fleet("redis", scenario, base, redis_url, workers)
+            cpu = _redis_cpu(redis_url) - before
+            requests = row["attempts"] * (SCENARIOS[scenario].jobs // workers * workers)
+            calls = row["redis_calls_per_attempt"] or 0.0
+            rows.append({
+                **row, "workers": workers, "requests": requests,
+                "trips_per_1000": calls * 1000, "cpu_ms_per_1000": cpu * 1e6 / requests,
+            })  # fmt: skip
+    return rows
+
+
+def print_capacity(rows: list[dict[str, Any]]) -> None:
+    print("| scenario | workers | wall / floor | requests | Redis round trips / 1,000 requests "
+          "| Redis CPU ms / 1,000 requests | jobs lost |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['scenario']} | {r['workers']} | {r['ratio']:.2f}x | {r['requests']:.0f} "
+            f"| {r['trips_per_1000']:,.0f} | {r['cpu_ms_per_1000']:.1f} | {r['lost']} |",
+            flush=True,
+        )
+    worst = max(r["cpu_ms_per_1000"] for r in rows)
+    print()
+    print(
+        f"One Redis shard (one core) for one namespace: at most 1,000 / {worst:.1f} ms x 1,000 "
+        f"= {1e6 / worst:,.0f} requests/s at 100 % CPU, {0.5e6 / worst:,.0f} at 50 %."
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -239,6 +292,11 @@ def main() -> None:
     parser.add_argument("--scenario", choices=tuple(SCENARIOS), action="append")
     parser.add_argument("--no-cost", action="store_true", help="skip the permit-cost table")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="Redis round trips and CPU per 1,000 requests at 4, 8, 16 workers (only that)",
+    )
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--emulator", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)
@@ -262,6 +320,16 @@ def main() -> None:
         server.start()
         redis_url = server.url
     try:
+        if args.capacity:
+            print(f"RedisStore fleet capacity ({os.cpu_count()} CPUs, Python "
+                  f"{sys.version.split()[0]}): scenarios as below, split across the workers")  # fmt: skip
+            print()
+            with EmulatorProcess(**throttling.NEUTRAL) as emulator:
+                cap = capacity(emulator.url, redis_url)
+            print_capacity(cap)
+            if args.json:
+                print(json.dumps(cap, indent=2))
+            return
         kinds = args.only or list(KINDS)
         print(
             f"{args.workers} worker processes, emulator and redis-server on one host "

@@ -36,7 +36,7 @@ Client = Redis | RedisCluster
 ACL_COMMANDS: Final = (
     "evalsha", "script|load", "blpop", "lpush",  # the calls the store makes
     # and those its scripts make (an ACL user's rules apply inside scripts too)
-    "time", "hget", "hmget", "hset", "hdel", "pexpire", "ltrim",
+    "time", "hget", "hmget", "hset", "hdel", "hincrby", "pexpire", "ltrim",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore", "zscore",
 )  # fmt: skip
 """The commands an ACL user of the store needs, on keys ``resilience:*`` (README)."""

@@ -17,25 +17,30 @@ end
 
 -- WindowRate (resilience/_pacing.py): responses per second (429s included) over the last
 -- window, counted in RATE_SLOTS slots; until a whole window has passed, over the time since the
--- first response (at least MIN_SPAN_MS), erring high on purpose. Kept in the origin's hash.
+-- first response (at least MIN_SPAN_MS), erring high on purpose. Kept in the origin's hash as
+-- slot counts c0.. and their running total, so a response touches one slot, not all of them.
 local SLOT_MS = WINDOW_MS / RATE_SLOTS
-local SLOT_FIELDS = {}
-for i = 0, RATE_SLOTS - 1 do SLOT_FIELDS[#SLOT_FIELDS + 1] = 'c' .. i end
 
 local function window_load(key)
-  local v = redis.call('HMGET', key, 'first', 'slot', unpack(SLOT_FIELDS))
-  local w = {first = tonumber(v[1]), slot = tonumber(v[2]) or 0, counts = {}}
-  for i = 0, RATE_SLOTS - 1 do w.counts[i] = tonumber(v[3 + i]) or 0 end
-  return w
+  local v = redis.call('HMGET', key, 'first', 'slot', 'total')
+  return {key = key, first = tonumber(v[1]), slot = tonumber(v[2]) or 0,
+          total = tonumber(v[3]) or 0}
 end
 
 local function window_advance(w, now)
   local slot = math.floor(now / SLOT_MS)
   local gap = slot - w.slot
-  if gap > 0 then
-    for i = 1, math.min(gap, RATE_SLOTS) do w.counts[(w.slot + i) % RATE_SLOTS] = 0 end
-    w.slot = slot
+  if gap <= 0 then return end
+  local names = {}
+  for i = 1, math.min(gap, RATE_SLOTS) do names[#names + 1] = 'c' .. ((w.slot + i) % RATE_SLOTS) end
+  if gap >= RATE_SLOTS then
+    w.total = 0
+  else
+    local v = redis.call('HMGET', w.key, unpack(names))
+    for i = 1, #names do w.total = w.total - (tonumber(v[i]) or 0) end
   end
+  redis.call('HDEL', w.key, unpack(names))
+  w.slot = slot
 end
 
 local function window_record(w, now)
@@ -44,21 +49,20 @@ local function window_record(w, now)
     w.slot = math.floor(now / SLOT_MS)
   end
   window_advance(w, now)
-  w.counts[w.slot % RATE_SLOTS] = w.counts[w.slot % RATE_SLOTS] + 1
+  redis.call('HINCRBY', w.key, 'c' .. (w.slot % RATE_SLOTS), 1)
+  w.total = w.total + 1
 end
 
 local function window_rate(w, now)
   if w.first == nil then return 0 end
   window_advance(w, now)
-  local sum = 0
-  for i = 0, RATE_SLOTS - 1 do sum = sum + w.counts[i] end
-  return sum / (math.min(WINDOW_MS, math.max(now - w.first, MIN_SPAN_MS)) / 1000)
+  return w.total / (math.min(WINDOW_MS, math.max(now - w.first, MIN_SPAN_MS)) / 1000)
 end
 
 local function window_fields(w, out)
   out[#out + 1] = 'first'; out[#out + 1] = w.first
   out[#out + 1] = 'slot'; out[#out + 1] = w.slot
-  for i = 0, RATE_SLOTS - 1 do out[#out + 1] = 'c' .. i; out[#out + 1] = w.counts[i] end
+  out[#out + 1] = 'total'; out[#out + 1] = w.total
   return out
 end
 
