@@ -321,8 +321,8 @@ def main() -> None:
         redis_url = server.url
     try:
         if args.capacity:
-            print(f"RedisStore fleet capacity ({os.cpu_count()} CPUs, Python "
-                  f"{sys.version.split()[0]}): scenarios as below, split across the workers")  # fmt: skip
+            version = sys.version.split()[0]
+            print(f"RedisStore fleet capacity ({os.cpu_count()} CPUs, Python {version})")
             print()
             with EmulatorProcess(**throttling.NEUTRAL) as emulator:
                 cap = capacity(emulator.url, redis_url)

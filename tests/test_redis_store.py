@@ -841,3 +841,23 @@ async def test_a_redis_that_rejoins_and_fails_again_is_probed_with_backoff(
             await asyncio.sleep(0.01)
         # backing off 0.05, 0.1, 0.2, 0.4 s (halved by jitter at most): not every 50 ms
         assert store.stats().rejoins <= 7
+
+
+async def test_an_error_inside_redis_py_is_redis_trouble_not_the_callers(
+    server: RedisServer, namespace: str
+) -> None:
+    """A connection torn down under a call surfaced as AttributeError from redis-py's internals
+    (seen under load): the caller gets a local admission, never that error."""
+    async with RedisStore.from_url(server.url, namespace=namespace, probe_max_delay=0.1) as store:
+        (await store.admit(ORIGIN, None)).release()
+        await store.drain()
+
+        async def torn(**_: Any) -> Any:
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        link = store._link()
+        link.scripts = dataclasses.replace(link.scripts, acquire=torn)  # type: ignore[arg-type]
+        admission = await store.admit(ORIGIN, None)  # no AttributeError
+        admission.release()
+        assert store.stats().fallbacks == 1
+        await eventually(lambda: store.stats().mode == "redis")  # the probe still rejoins

@@ -116,7 +116,9 @@ class Connections:
             started = time.monotonic()
             try:
                 return await self.bounded(script(keys=keys, args=args))  # type: ignore[arg-type]
-            except TROUBLE as exc:
+            # Any failure inside redis-py is Redis trouble, not the caller's: a connection torn
+            # down under a call can surface as an AttributeError from its internals.
+            except Exception as exc:
                 stale = (
                     idempotent
                     and attempt == 1
@@ -125,7 +127,7 @@ class Connections:
                     and time.monotonic() - started < self._settings.redis_timeout / 2
                 )
                 if stale:
-                    with contextlib.suppress(*TROUBLE):
+                    with contextlib.suppress(Exception):
                         await self.source.drop_idle(link.client)
                     continue
                 self._on_trouble(exc, generation)

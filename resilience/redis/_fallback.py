@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from .._events import STORE_EVENT, emit
 from .._store import LocalStore
-from ._connection import TROUBLE
 from ._settings import PROBE_FIRST, StoreSettings
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ class Fallback:
                 return False
             try:
                 await attempt()
-            except TROUBLE:
+            except Exception:  # any failure (see Connections.run): Redis is still down
                 continue
             self.generation += 1
             self.shared = True

@@ -16,8 +16,6 @@ from typing import Final
 
 import anyio
 
-from ._source import TROUBLE
-
 __all__ = ["PARK_POLL", "Parking"]
 
 PARK_POLL: Final = 2.0
@@ -116,6 +114,6 @@ class Parking:
                     # Our waiters left meanwhile: give the token back to the fleet.
                     count()
                     await push_back()
-            except TROUBLE as exc:
+            except Exception as exc:  # see Connections.run: all of it is Redis trouble
                 on_trouble(exc)
                 return
