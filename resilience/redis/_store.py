@@ -4,7 +4,9 @@ The store decides; its collaborators keep the state: ``Connections`` (per-loop c
 scripts), ``Leases`` (the permits held, returned and renewed), ``Parking`` (waiters and the
 wake-up list), ``Fallback`` (local limits and the probe), ``SharedBudget``, ``Tasks``
 (background work); the handles in ``_admission.py`` report, release and park. Over 400 lines
-because the admission loop (gate, pacing turn, permit, park) reads best in one place.
+because it is where the collaborators meet: the admission loop (gate, pacing turn, permit,
+park) and the switches between shared and local limits (fallback, probe, rejoin) each read
+best in one place.
 """
 
 from __future__ import annotations
