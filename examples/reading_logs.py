@@ -26,7 +26,11 @@ async def send_jobs(log_path: Path, jobs: int) -> None:
     undo = configure_logging(log_path, level="debug")  # debug: first-attempt successes too
     try:
         async with Emulator(transient_rate=0.2, fatal_rate=0.05, seed=7) as emu:
-            middleware = ResilienceMiddleware(backoff=Backoff(initial=0.02, max_delay=0.5))
+            # The emulator's random 402s stand for one-off faults here, not an empty account:
+            # send every request instead of stopping the credentials after the first one.
+            middleware = ResilienceMiddleware(
+                backoff=Backoff(initial=0.02, max_delay=0.5), account_stop=None
+            )
             async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
 
                 async def job(n: int) -> None:

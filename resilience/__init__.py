@@ -15,11 +15,13 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._account import AccountStop
 from ._attempt import ATTEMPT_FIELDS, AttemptRecord, Outcome
 from ._backoff import Backoff, Schedule, ScheduleStep
+from ._breaker import CircuitBreaker
 from ._budget import RetryBudgetSettings
 from ._codes import CodeTable, ErrorSpec, Handling
-from ._errors import ApiError, DeadlineExceeded
+from ._errors import AccountStopped, ApiError, CircuitOpen, DeadlineExceeded
 from ._events import ATTEMPT_EVENT, Redaction
 from ._logsetup import configure_logging
 from ._middleware import ResilienceMiddleware, Settings
@@ -29,10 +31,14 @@ from ._store import Admission, Feedback, LocalStore, Signal, Store
 __all__ = [
     "ATTEMPT_EVENT",
     "ATTEMPT_FIELDS",
+    "AccountStop",
+    "AccountStopped",
     "Admission",
     "AttemptRecord",
     "ApiError",
     "Backoff",
+    "CircuitBreaker",
+    "CircuitOpen",
     "CodeTable",
     "DeadlineExceeded",
     "ErrorSpec",

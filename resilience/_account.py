@@ -18,7 +18,15 @@ from yarl import URL
 
 from ._events import _is_secret_param
 
-__all__ = ["DEFAULT_STOP_CODES", "AccountStop", "AccountStops", "Stopped", "credentials_key"]
+__all__ = [
+    "DEFAULT_ACCOUNT_STOP",
+    "DEFAULT_STOP_CODES",
+    "AccountGuard",
+    "AccountStop",
+    "AccountStops",
+    "Stopped",
+    "credentials_key",
+]
 
 DEFAULT_STOP_CODES: Final = frozenset(
     {
@@ -91,6 +99,10 @@ def credentials_key(
         if _is_secret_param(name):
             digest.update(b"\0q" + name.encode() + b"\0" + value.encode())
     return digest.digest()
+
+
+DEFAULT_ACCOUNT_STOP: Final = AccountStop()
+"""The account stop every middleware has unless told otherwise (``account_stop=None``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +184,36 @@ class AccountStops:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class AccountGuard:
+    """The account stop as one logical request meets it: checked before each attempt, told
+    how each ended. Credentials are digested once, when the guard is made."""
+
+    __slots__ = ("_go", "_key", "_stops")
+
+    def __init__(
+        self, stops: AccountStops, origin: str, headers: Mapping[str, str], url: URL
+    ) -> None:
+        self._stops = stops
+        self._key = credentials_key(origin, headers, url, stops.settings.credential_headers)
+        self._go: Go | None = None
+
+    def check(self, now: float) -> Stopped | None:
+        """None: send the attempt. A :class:`Stopped`: fail it unsent."""
+        decision = self._stops.check(self._key, now)
+        if isinstance(decision, Stopped):
+            self._go = None
+            return decision
+        self._go = decision
+        return None
+
+    def ended(self, now: float, status: int | None, code: str | None, detail: str | None) -> None:
+        """The attempt ended: with an answer (``status``), or without one (None)."""
+        go, self._go = self._go, None
+        if go is None:
+            return
+        if status is None:
+            self._stops.abandon(self._key, go)
+        else:
+            self._stops.record(self._key, go, now, status=status, code=code, detail=detail)

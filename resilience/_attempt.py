@@ -22,6 +22,7 @@ class Outcome(str, enum.Enum):
     NOT_READY = "not_ready"  # 425; polling again after ``delay``
     GIVE_UP = "give_up"  # retryable, but stopping (see ``reason``); returned or raised
     FAIL = "fail"  # not retryable; returned or raised
+    HELD = "held"  # waited unsent while the origin's circuit breaker was open; sent next
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "DEFAULT_CIRCUIT_BREAKER",
     "Breaker",
     "BreakerState",
     "CircuitBreaker",
@@ -102,6 +103,10 @@ class CircuitBreaker:
         return min(self.break_duration * self.break_growth**exponent, self.max_break_duration)
 
 
+DEFAULT_CIRCUIT_BREAKER: Final = CircuitBreaker()
+"""The breaker every store has unless told otherwise (``circuit_breaker=None``: none)."""
+
+
 class BreakerState(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -119,10 +124,11 @@ class Tally(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Pass:
     """Send the attempt. ``probe``: it is the half-open probe; ``epoch``: the closed period it
-    was admitted in (its result counts only there)."""
+    was admitted in (its result counts only there); ``token``: its name in a shared store."""
 
     probe: bool
     epoch: int
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +192,9 @@ class Breaker:
         "_epoch",
         "_opened_at",
         "_opens",
+        "_pending",
         "_probe_since",
+        "_suspect_hold",
         "last_code",
         "settings",
         "state",
@@ -202,6 +210,8 @@ class Breaker:
         self._opened_at = 0.0
         self._probe_since: float | None = None  # the half-open probe in flight since
         self._epoch = 0  # closed periods so far
+        self._pending = 0  # attempts of this closed period in flight (probe apart)
+        self._suspect_hold = False  # a request is held by the no-success rule (see admit)
 
     @property
     def probe_at(self) -> float:
@@ -212,7 +222,10 @@ class Breaker:
     def epoch(self) -> int:
         return self._epoch
 
-    def admit(self, now: float, deadline: float | None) -> Admit:
+    def admit(self, now: float, deadline: float | None, *, commit: bool = True) -> Admit:
+        """May an attempt go now? ``commit=False`` only looks (a request checks before it
+        waits for a permit, and commits once it holds one, just before it is sent): it takes
+        no probe slot and counts nothing in flight."""
         if self.state is BreakerState.OPEN:
             if now < self.probe_at:
                 if deadline is not None and deadline <= self.probe_at:
@@ -222,40 +235,63 @@ class Breaker:
         if self.state is BreakerState.HALF_OPEN:
             probe_since = self._probe_since
             if probe_since is None or now >= probe_since + self.settings.probe_timeout:
-                self._probe_since = now
+                if commit:
+                    self._probe_since = now
                 return Pass(probe=True, epoch=self._epoch)
             # One probe at a time: the others wait for its answer (or its lease to lapse).
             return Hold(probe_since + self.settings.probe_timeout)
+        total, failures = self.window.counts(now)
+        if (
+            failures
+            and failures == total
+            and failures + self._pending >= self.settings.minimum_throughput
+        ):
+            # Nothing but outage failures so far: send no more than the breaker needs to
+            # decide, so an outage from the start costs minimum_throughput attempts, not
+            # minimum_throughput plus whatever was in flight when it opened.
+            self._suspect_hold = True
+            return Hold(math.inf)
+        if commit:
+            self._pending += 1
         return Pass(probe=False, epoch=self._epoch)
 
     def record(self, ticket: Pass, tally: Tally, now: float, code: str | None = None) -> bool:
         """Feed one attempt's end in; True when the state changed (waiters should look again)."""
         if ticket.probe:
             return self._probe_ended(tally, now, code)
-        if self.state is not BreakerState.CLOSED or ticket.epoch != self._epoch:
-            return False  # sent before the breaker opened: the outage was already counted
-        if tally is Tally.NEUTRAL:
-            return False
+        if ticket.epoch != self._epoch:
+            return False  # sent before the last outage ended: that outage was counted
+        held = self._ended()
+        if self.state is not BreakerState.CLOSED or tally is Tally.NEUTRAL:
+            return held  # sent before the breaker opened: the outage was already counted
         failure = tally is Tally.FAILURE
         if failure:
             self.last_code = code
         self.window.add(now, failure=failure)
         if not failure:
-            return False
+            return held
         total, failures = self.window.counts(now)
         if total >= self.settings.minimum_throughput and failures >= (
             self.settings.failure_ratio * total - 1e-9
         ):
             self._open(now)
             return True
-        return False
+        return held
 
     def abandon(self, ticket: Pass) -> bool:
         """The attempt ended without an answer worth counting (cancelled, caller timeout)."""
-        if ticket.probe and self.state is BreakerState.HALF_OPEN:
+        if ticket.probe:
+            if self.state is not BreakerState.HALF_OPEN:
+                return False
             self._probe_since = None
             return True
-        return False
+        return ticket.epoch == self._epoch and self._ended()
+
+    def _ended(self) -> bool:
+        """One attempt of this closed period ended; True if a request is held for room."""
+        self._pending = max(0, self._pending - 1)
+        held, self._suspect_hold = self._suspect_hold, False
+        return held
 
     def _probe_ended(self, tally: Tally, now: float, code: str | None) -> bool:
         if self.state is not BreakerState.HALF_OPEN:
@@ -271,6 +307,7 @@ class Breaker:
         self._opens = 0
         self._probe_since = None
         self._epoch += 1
+        self._pending = 0
         self.window.clear()
         return True
 

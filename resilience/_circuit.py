@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 import anyio
 
-from ._breaker import Admit, Breaker, BreakerState, CircuitBreaker, Pass, Ramp, Refuse, Tally
+from ._breaker import Admit, Breaker, BreakerState, CircuitBreaker, Hold, Pass, Ramp, Refuse, Tally
 from ._errors import CircuitOpen, DeadlineExceeded
 from ._events import emit
 from ._pacing import Clock
@@ -36,7 +36,9 @@ class BreakerRule(Protocol):
         here, and every change wakes the waiters)."""
         ...
 
-    async def admit(self, origin: str, deadline: float | None) -> Admit: ...
+    async def admit(self, origin: str, deadline: float | None, *, commit: bool) -> Admit:
+        """``Breaker.admit``: ``commit=False`` only looks."""
+        ...
 
     async def record(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool:
         """Feed one attempt's end in; True when the state changed."""
@@ -67,8 +69,8 @@ class LocalBreakers:
             breaker = self._breakers[origin] = Breaker(self.settings)
         return breaker
 
-    async def admit(self, origin: str, deadline: float | None) -> Admit:
-        return self.breaker(origin).admit(self._clock(), deadline)
+    async def admit(self, origin: str, deadline: float | None, *, commit: bool) -> Admit:
+        return self.breaker(origin).admit(self._clock(), deadline, commit=commit)
 
     async def record(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool:
         return self.breaker(origin).record(ticket, tally, self._clock(), code)
@@ -95,8 +97,7 @@ class CircuitTicket:
 class _Origin:
     ramp: Ramp = field(default_factory=Ramp)
     waiters: deque[anyio.Event] = field(default_factory=deque)
-    seen_open: bool = False  # held or refused since the last close: ramp at the next close
-    state: BreakerState = BreakerState.CLOSED
+    state: BreakerState = BreakerState.CLOSED  # as last seen here
 
 
 class Circuit:
@@ -113,42 +114,57 @@ class Circuit:
             state = self._origins[origin] = _Origin()
         return state
 
-    async def enter(self, origin: str, deadline: float | None) -> CircuitTicket:
-        """Wait until ``origin``'s breaker lets this attempt go.
+    async def enter(self, origin: str, deadline: float | None) -> float:
+        """Wait until ``origin``'s breaker would let an attempt go; the seconds waited.
 
-        Raises :class:`CircuitOpen` at once when the breaker stays open past ``deadline`` (or
-        when the deadline passes while held), :class:`DeadlineExceeded` when the slow start
-        after a recovery has no room for it before the deadline.
+        Nothing is taken: the attempt then waits for its permit and :meth:`commit` decides,
+        so a breaker that opened meanwhile still holds it. Raises :class:`CircuitOpen` at once
+        when the breaker stays open past ``deadline`` (or when the deadline passes while
+        held), :class:`DeadlineExceeded` when the slow start after a recovery (or a suspected
+        outage) has no room for it before the deadline.
         """
         here = self._origin(origin)
         began = self._clock()
         waits = 0
         while True:
-            decision = await self.rule.admit(origin, deadline)
+            decision = await self.rule.admit(origin, deadline, commit=False)
             if isinstance(decision, Pass):
-                if not decision.probe and here.seen_open:
-                    here.seen_open = False
-                    here.ramp.start()
+                if decision.probe or here.state is not BreakerState.CLOSED:
                     self._note(origin, here)
                 if decision.probe or here.ramp.may_send():
-                    here.ramp.sent()
-                    held = self._clock() - began
-                    if held > 0 and here.waiters:
+                    if not waits:
+                        return 0.0
+                    if here.waiters:
                         self._wake(here, 1)  # pass the turn on: the next may fit too
-                    return CircuitTicket(origin, decision, held)
+                    return self._clock() - began
                 until = math.inf  # ramping: a slot frees when one of ours ends
             elif isinstance(decision, Refuse):
-                here.seen_open = True
                 self._note(origin, here)
                 raise self._open_error(origin, decision.probe_at, decision.last_code)
             else:
-                here.seen_open = True
                 self._note(origin, here)
                 until = decision.until
-            await self._wait(
-                origin, here, until, deadline, ramping=isinstance(decision, Pass), front=waits > 0
-            )
+            await self._wait(origin, here, until, deadline, front=waits > 0)
             waits += 1
+
+    async def commit(
+        self, origin: str, deadline: float | None, held: float
+    ) -> CircuitTicket | None:
+        """The attempt holds its permit: take its place at the breaker (the probe slot, a
+        place in the slow start), or None when it must go back and wait (permit released)."""
+        here = self._origin(origin)
+        decision = await self.rule.admit(origin, deadline, commit=True)
+        if isinstance(decision, Refuse):
+            self._note(origin, here)
+            raise self._open_error(origin, decision.probe_at, decision.last_code)
+        if isinstance(decision, Hold):
+            self._note(origin, here)
+            return None
+        if not decision.probe and not here.ramp.may_send():
+            self.rule.abandon(origin, decision)
+            return None
+        here.ramp.sent()
+        return CircuitTicket(origin, decision, held)
 
     async def _wait(
         self,
@@ -157,16 +173,13 @@ class Circuit:
         until: float,
         deadline: float | None,
         *,
-        ramping: bool,
         front: bool,
     ) -> None:
         now = self._clock()
         if deadline is not None and now >= deadline:
-            if ramping:
-                raise DeadlineExceeded(
-                    "no room in the slow start after an outage before max_elapsed"
-                )
-            _, probe_at, last_code = self.rule.state(origin)
+            state, probe_at, last_code = self.rule.state(origin)
+            if state is BreakerState.CLOSED:  # held for room (slow start, suspected outage)
+                raise DeadlineExceeded("no room at the circuit breaker before max_elapsed")
             raise self._open_error(origin, probe_at, last_code)
         end = min(until, deadline if deadline is not None else math.inf)
         poll = self.rule.poll
@@ -227,6 +240,8 @@ class Circuit:
         state, probe_at, last_code = self.rule.state(origin)
         if state is here.state:
             return
+        if state is BreakerState.CLOSED:
+            here.ramp.start()  # recovered: what was held goes out gradually
         here.state = state
         emit(
             CIRCUIT_EVENT,

@@ -22,7 +22,7 @@ from ._aiohttp_compat import IDEMPOTENT_METHODS, is_replayable
 from ._attempt import Outcome
 from ._classify import Verdict
 from ._codes import Handling
-from ._errors import DeadlineExceeded
+from ._errors import CircuitOpen, DeadlineExceeded
 from ._pacing import MAX_RETRY_AFTER
 from ._quota import Quota
 from ._store import Feedback, Signal
@@ -231,7 +231,10 @@ class RequestPolicy:
         if verdict is OK_ENDING.verdict:
             return _SUCCESS if quota is None else Feedback(Signal.SUCCESS, quota=quota)
         signal = _SIGNALS.get(verdict.handling, Signal.OTHER)
-        return Feedback(signal, self._gate_for(verdict.retry_after), quota)
+        code = None
+        if signal is Signal.FAILURE:  # what CircuitOpen will name as the last failure
+            code = verdict.code or verdict.error or f"HTTP {verdict.status}"
+        return Feedback(signal, self._gate_for(verdict.retry_after), quota, code)
 
     def _gate_for(self, seconds: float | None) -> float | None:
         """How long a Retry-After or a spent quota may close the shared gate: one deadline
@@ -286,6 +289,16 @@ class RequestPolicy:
             self._delays = self.settings.backoff.delays()
         return next(self._delays)
 
+    def circuit_error(self, cause: CircuitOpen, *, request_id: str, attempts: int) -> CircuitOpen:
+        """The error raised when the origin's breaker stays open past ``max_elapsed``."""
+        return CircuitOpen(
+            origin=cause.origin,
+            retry_in=cause.retry_in,
+            last_code=cause.last_code,
+            request_id=request_id,
+            attempts=attempts,
+        )
+
     def deadline_error(
         self, cause: DeadlineExceeded, *, request_id: str, attempts: int
     ) -> DeadlineExceeded:
@@ -304,4 +317,12 @@ _OK: Final = Decision(Outcome.OK)
 _BUDGET_SPENT: Final = Decision(Outcome.GIVE_UP, reason="retry_budget")
 _SUCCESS: Final = Feedback(Signal.SUCCESS)
 DEADLINE_DECISION: Final = Decision(Outcome.GIVE_UP, reason="deadline")
+CIRCUIT_OPEN_DECISION: Final = Decision(Outcome.GIVE_UP, reason="circuit_open")
+"""The decision logged for an attempt refused by an open circuit breaker (unsent)."""
+HELD_DECISION: Final = Decision(Outcome.HELD, reason="circuit_open")
+"""The decision logged when an attempt waited unsent at the circuit breaker, before it is sent."""
+CIRCUIT_ENDING: Final = Ending(Verdict(Handling.TRANSIENT, error="CircuitOpen"))
+"""How an attempt held or refused at the circuit breaker is logged (it was not sent)."""
+ACCOUNT_STOPPED_DECISION: Final = Decision(Outcome.FAIL, reason="account_stopped")
+"""The decision logged for an attempt not sent because its credentials are stopped."""
 """The decision logged for an attempt that could not be admitted in time."""

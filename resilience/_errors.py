@@ -97,13 +97,20 @@ class CircuitOpen(aiohttp.ClientError):
     ``last_code`` the last outage failure's code (or transport error class).
     """
 
-    request_id: str | None = None
-    attempts: int = 0
-
-    def __init__(self, *, origin: str, retry_in: float, last_code: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        origin: str,
+        retry_in: float,
+        last_code: str | None,
+        request_id: str | None = None,
+        attempts: int = 0,
+    ) -> None:
         self.origin = origin
         self.retry_in = retry_in
         self.last_code = last_code
+        self.request_id = request_id
+        self.attempts = attempts
         super().__init__(
             f"circuit open for {origin} after outage failures (last: {last_code or 'unknown'}); "
             f"it probes again in {retry_in:.1f} s"
@@ -122,7 +129,7 @@ class AccountStopped(ApiError):
         request_info: aiohttp.RequestInfo,
         *,
         status: int,
-        code: str,
+        error_code: str,
         detail: str | None,
         request_id: str,
         age: float,
@@ -130,14 +137,14 @@ class AccountStopped(ApiError):
     ) -> None:
         self.recheck_in = recheck_in
         reason = (
-            f"not sent: a request with the same credentials was answered {status} {code} "
+            f"not sent: a request with the same credentials was answered {status} {error_code} "
             f"{age:.1f} s ago; one request will recheck in {recheck_in:.1f} s"
         )
         super().__init__(
             request_info,
             (),
             status=status,
-            error_code=code,
+            error_code=error_code,
             detail=f"{detail} ({reason})" if detail else reason,
             retryable=False,
             request_id=request_id,

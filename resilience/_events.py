@@ -47,6 +47,7 @@ _LEVELS: Final[Mapping[Outcome, str]] = {
     Outcome.NOT_READY: "info",
     Outcome.GIVE_UP: "warning",
     Outcome.FAIL: "warning",
+    Outcome.HELD: "info",
 }
 
 _SECRET_PARAMS: Final = (

@@ -23,13 +23,19 @@ from yarl import URL
 
 from . import _aiohttp_compat as compat
 from . import _testmode
+from ._account import DEFAULT_ACCOUNT_STOP, AccountGuard, AccountStop, AccountStops, Stopped
 from ._attempt import AttemptRecord, Outcome
 from ._backoff import Backoff
+from ._breaker import DEFAULT_CIRCUIT_BREAKER, CircuitBreaker
 from ._budget import DEFAULT_RETRY_BUDGET, RetryBudgetSettings
 from ._classify import Verdict, classify, classify_response, parse_retry_after, server_request_id
 from ._codes import CodeTable, Handling
 from ._decide import (
+    ACCOUNT_STOPPED_DECISION,
+    CIRCUIT_ENDING,
+    CIRCUIT_OPEN_DECISION,
     DEADLINE_DECISION,
+    HELD_DECISION,
     OK_ENDING,
     Decision,
     Ending,
@@ -38,7 +44,7 @@ from ._decide import (
     answer_ending,
     transport_ending,
 )
-from ._errors import ApiError, DeadlineExceeded
+from ._errors import AccountStopped, ApiError, CircuitOpen, DeadlineExceeded
 from ._events import DEFAULT_REDACTION, Redaction, debug_enabled, emit_attempt, redact_url
 from ._quota import read_quota
 from ._store import MAX_IDLE_ORIGINS, Admission, Feedback, LocalStore, Store
@@ -120,6 +126,11 @@ class ResilienceMiddleware:
         initial_concurrency: where the adaptive limit starts (it doubles per round trip until
             the server pushes back).
         retry_budget: the share of traffic retries may add; ``None`` disables the budget.
+        circuit_breaker: when each origin's breaker opens in an outage and how it probes
+            (:class:`CircuitBreaker`); ``None``: no breaker, every request is sent.
+        account_stop: after a 401 ``AUTH_*`` or 402 ``BILLING_INSUFFICIENT_CREDITS``, requests
+            with the same credentials fail unsent until a recheck (:class:`AccountStop`);
+            ``None``: every request is sent.
         store: where limits live; default a new :class:`LocalStore`. Pass one store to several
             middlewares to share limits, or a ``resilience.redis.RedisStore`` for a fleet.
         codes: the error-code table; default the generation API's published table.
@@ -142,6 +153,8 @@ class ResilienceMiddleware:
         max_concurrency: int | None = None,
         initial_concurrency: int = 4,
         retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
+        circuit_breaker: CircuitBreaker | None = DEFAULT_CIRCUIT_BREAKER,
+        account_stop: AccountStop | None = DEFAULT_ACCOUNT_STOP,
         store: Store | None = None,
         codes: CodeTable | None = None,
         raise_api_errors: bool = False,
@@ -165,19 +178,26 @@ class ResilienceMiddleware:
                 max_concurrency=max_concurrency,
                 initial_concurrency=initial_concurrency,
                 retry_budget=retry_budget,
+                circuit_breaker=circuit_breaker,
             )
         elif (
             max_concurrency is not None
             or initial_concurrency != 4
             or retry_budget != DEFAULT_RETRY_BUDGET
+            or circuit_breaker != DEFAULT_CIRCUIT_BREAKER
         ):
             raise ValueError(
-                "with store=..., give max_concurrency, initial_concurrency and retry_budget "
-                "to the store, not to the middleware"
+                "with store=..., give max_concurrency, initial_concurrency, retry_budget and "
+                "circuit_breaker to the store, not to the middleware"
             )
         elif not isinstance(store, Store):
             raise TypeError(f"store must implement resilience.Store, got {type(store).__name__}")
         self.store: Final = store
+        if account_stop is not None and not isinstance(account_stop, AccountStop):
+            raise TypeError(
+                f"account_stop must be an AccountStop or None, got {type(account_stop).__name__}"
+            )
+        self.accounts: Final = AccountStops(account_stop) if account_stop is not None else None
         self._origins: dict[tuple[str, str | None, int | None], str] = {}
         if isinstance(hooks, Hook) or not isinstance(hooks, Sequence):
             raise TypeError(f"hooks must be a sequence of hooks, got {type(hooks).__name__}")
@@ -231,6 +251,7 @@ class _Call:
     """One logical request (one redirect hop) through the loop."""
 
     __slots__ = (
+        "account",
         "attempt",
         "handler",
         "hooks",
@@ -274,10 +295,14 @@ class _Call:
         store, req, policy = self.store, self.req, self.policy
         origin = self.origin = self.mw._origin_of(req.url)
         hooks, testing = self.hooks, self.testing
+        accounts = self.mw.accounts
+        account = None if accounts is None else AccountGuard(accounts, origin, req.headers, req.url)
         await store.deposit_request()
         while True:
             self.attempt += 1
             began = time.monotonic()
+            if account is not None and (stopped := account.check(began)) is not None:
+                raise self._account_stopped(stopped, began)
             try:
                 admission = await store.admit(origin, policy.deadline)
             except DeadlineExceeded as exc:
@@ -286,6 +311,13 @@ class _Call:
                 raise policy.deadline_error(
                     exc, request_id=self.request_id, attempts=self.attempt - 1
                 ) from None
+            except CircuitOpen as exc:
+                self._log(CIRCUIT_ENDING, CIRCUIT_OPEN_DECISION, began, None, None, None, None)
+                raise policy.circuit_error(
+                    exc, request_id=self.request_id, attempts=self.attempt - 1
+                ) from None
+            if getattr(admission, "held", 0.0):  # it waited unsent at the circuit breaker
+                self._log(CIRCUIT_ENDING, HELD_DECISION, began, None, None, None, None)
             sent_at = time.monotonic()
             start: AttemptStart | None = None
             resp: ClientResponse | None = None
@@ -299,12 +331,18 @@ class _Call:
                 transport = transport_ending(exc)
                 if transport is None:  # not a transport error: a bug or an interrupt, not ours
                     admission.release()
+                    if account is not None:
+                        account.ended(time.monotonic(), None, None, None)
                     self._abandon(start, exc, began, sent_at)
                     raise
                 ending, error = transport, exc
             try:
                 if resp is not None:
                     ending = await self._classify(resp)
+                if account is not None:
+                    verdict = ending.verdict
+                    status = resp.status if resp is not None else None
+                    account.ended(time.monotonic(), status, verdict.code, verdict.detail)
                 feedback = policy.feedback(
                     ending, read_quota(resp.headers) if resp is not None else None
                 )
@@ -319,6 +357,8 @@ class _Call:
                 if resp is not None:
                     resp.close()
                 admission.release()
+                if account is not None:
+                    account.ended(time.monotonic(), None, None, None)
                 if not self._log_cut_off(exc, began, sent_at, resp, start):
                     self._abandon(start, exc, began, sent_at)
                 raise
@@ -414,6 +454,21 @@ class _Call:
             resp.release()
             raise error
         return resp
+
+    def _account_stopped(self, stopped: Stopped, began: float) -> AccountStopped:
+        """Log the unsent attempt; the error to raise (whatever ``raise_api_errors`` says:
+        there is no response to return)."""
+        verdict = Verdict(Handling.PERMANENT, status=stopped.status, code=stopped.code)
+        self._log(Ending(verdict), ACCOUNT_STOPPED_DECISION, began, None, None, None, None)
+        return AccountStopped(
+            self.req.request_info,
+            status=stopped.status,
+            error_code=stopped.code,
+            detail=stopped.detail,
+            request_id=self.request_id,
+            age=began - stopped.since,
+            recheck_in=max(0.0, stopped.recheck_at - began),
+        )
 
     def _log(
         self,

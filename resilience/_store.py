@@ -14,14 +14,16 @@ import math
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 import anyio
 from yarl import URL
 
+from ._breaker import DEFAULT_CIRCUIT_BREAKER, CircuitBreaker, Tally
 from ._budget import DEFAULT_RETRY_BUDGET, RetryBudget, RetryBudgetSettings
+from ._circuit import BreakerRule, Circuit, CircuitTicket, LocalBreakers
 from ._concurrency import AdaptiveLimiter, ConcurrencyPermit
 from ._errors import DeadlineExceeded
 from ._events import GATE_EVENT, emit
@@ -29,7 +31,16 @@ from ._pacing import MAX_RETRY_AFTER, RatePacer
 from ._quota import Quota
 from ._validate import boolean, show
 
-__all__ = ["Admission", "LocalStore", "RetryBudgetSettings", "Signal", "Store"]
+__all__ = [
+    "Admission",
+    "CircuitAdmission",
+    "LocalStore",
+    "RetryBudgetSettings",
+    "Signal",
+    "Store",
+    "admit_through",
+    "circuit_of",
+]
 
 
 class Signal(enum.Enum):
@@ -49,6 +60,7 @@ class Feedback:
     signal: Signal
     gate: float | None = None  # seconds the origin's gate closes (Retry-After, capped)
     quota: Quota | None = None  # the rate limit the answer announced (its reset capped)
+    code: str | None = None  # a failure's code or transport error (the breaker's last_code)
 
 
 @runtime_checkable
@@ -165,6 +177,7 @@ class LocalStore:
     The state of at most ``MAX_IDLE_ORIGINS`` idle origins is kept (least recently used beyond
     are forgotten, and start afresh if they come back); an origin whose gate is closed, whose
     pacing is on or that has a request in flight is never forgotten.
+    Each origin also has its own circuit breaker (``circuit_breaker=None``: none).
     """
 
     def __init__(
@@ -175,6 +188,7 @@ class LocalStore:
         retry_budget: RetryBudgetSettings | None = DEFAULT_RETRY_BUDGET,
         limit_groups: Mapping[str, str] | None = None,
         shared_limit: bool = False,
+        circuit_breaker: CircuitBreaker | None = DEFAULT_CIRCUIT_BREAKER,
     ) -> None:
         check_concurrency(max_concurrency, initial_concurrency)
         boolean("shared_limit", shared_limit)
@@ -200,6 +214,7 @@ class LocalStore:
         self._states: OrderedDict[str, _Origin] = OrderedDict()
         self.budget = RetryBudget.from_settings(retry_budget)
         self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        self.circuit = circuit_of(circuit_breaker, LocalBreakers)
 
     @property
     def concurrency_limit(self) -> int:
@@ -283,6 +298,11 @@ class LocalStore:
         self._loop = weakref.ref(loop)
 
     async def admit(self, origin: str, deadline: float | None) -> Admission:
+        if self.circuit is None:
+            return await self._admit(origin, deadline)
+        return await admit_through(self.circuit, origin, deadline, self._admit)
+
+    async def _admit(self, origin: str, deadline: float | None) -> Admission:
         self._check_loop()
         state = self._state(origin)
         pacer, limiter = state.pacer, state.limiter
@@ -406,3 +426,81 @@ class _LocalAdmission:
 
     async def wait_for_release(self, timeout: float) -> None:
         await self._state.limiter.wait_for_release(timeout, since=self._permit)
+
+
+# ----------------------------------------------------------------------- the circuit breaker
+
+_TALLIES: Final = {
+    Signal.SUCCESS: Tally.SUCCESS,
+    Signal.OTHER: Tally.SUCCESS,  # the server answered as designed (a caller error, a poll)
+    Signal.FAILURE: Tally.FAILURE,
+    Signal.CONCURRENCY: Tally.NEUTRAL,  # throttles are the server pacing us, not an outage
+    Signal.RATE: Tally.NEUTRAL,
+}
+
+
+class CircuitAdmission:
+    """An admission behind the origin's circuit breaker: the store's own, plus the breaker's
+    ticket, reported with the answer and abandoned on a release without one."""
+
+    __slots__ = ("_circuit", "_inner", "_ticket")
+
+    def __init__(self, inner: Admission, circuit: Circuit, ticket: CircuitTicket) -> None:
+        self._inner = inner
+        self._circuit = circuit
+        self._ticket = ticket
+
+    @property
+    def limit(self) -> int:
+        return self._inner.limit
+
+    @property
+    def held(self) -> float:
+        return self._ticket.held
+
+    async def report(self, feedback: Feedback) -> None:
+        await self._inner.report(feedback)
+        await self._circuit.report(self._ticket, _TALLIES[feedback.signal], feedback.code)
+
+    def release(self) -> None:
+        self._inner.release()
+        self._circuit.abandon(self._ticket)  # a no-op once reported
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self._inner.wait_for_release(timeout)
+
+
+async def admit_through(
+    circuit: Circuit,
+    origin: str,
+    deadline: float | None,
+    admit: Callable[[str, float | None], Awaitable[Admission]],
+) -> Admission:
+    """The breaker first (held there, no permit taken), then the store's own admission, then
+    the breaker again: one that opened while the attempt waited for its permit still holds it
+    (the permit goes back)."""
+    held = 0.0
+    while True:
+        held += await circuit.enter(origin, deadline)
+        inner = await admit(origin, deadline)
+        try:
+            ticket = await circuit.commit(origin, deadline, held)
+        except BaseException:
+            inner.release()
+            raise
+        if ticket is not None:
+            return CircuitAdmission(inner, circuit, ticket)
+        inner.release()
+
+
+def circuit_of(
+    settings: CircuitBreaker | None, rule: Callable[[CircuitBreaker], BreakerRule]
+) -> Circuit | None:
+    """A store's breakers from its ``circuit_breaker`` setting (validated here, once)."""
+    if settings is None:
+        return None
+    if not isinstance(settings, CircuitBreaker):
+        raise TypeError(
+            f"circuit_breaker must be a CircuitBreaker or None, got {type(settings).__name__}"
+        )
+    return Circuit(rule(settings))

@@ -38,10 +38,10 @@ __all__ = [
     "timeline",
 ]
 
-_OUTCOME_ORDER: Final = ("retry", "throttled", "not_ready", "ok", "give_up", "fail")
+_OUTCOME_ORDER: Final = ("retry", "throttled", "not_ready", "ok", "give_up", "fail", "held")
 _OUTCOME_INDEX: Final = {outcome: i for i, outcome in enumerate(_OUTCOME_ORDER)}
 _OUTCOMES: Final = frozenset(_OUTCOME_ORDER)
-_RETRIED: Final = frozenset({"retry", "throttled", "not_ready"})
+_RETRIED: Final = frozenset({"retry", "throttled", "not_ready", "held"})
 _STR_FIELDS: Final = ("request_id", "server_request_id", "code", "error", "reason")
 _SECONDS_FIELDS: Final = ("delay", "elapsed")
 _READ_FIELDS: Final = ("outcome", "attempt", "status", *_STR_FIELDS, *_SECONDS_FIELDS)

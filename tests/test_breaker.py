@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from resilience._breaker import (
@@ -201,8 +203,9 @@ def test_probe_that_never_answers_lapses_after_probe_timeout() -> None:
 
 def test_results_sent_before_the_breaker_opened_do_not_count_after() -> None:
     breaker = Breaker(SETTINGS)
+    breaker.record(send(breaker, 0.0), Tally.SUCCESS, 0.0)
     stale = send(breaker, 0.0)
-    fail_n(breaker, 4, 0.0)
+    fail_n(breaker, 3, 0.0)
     probe = send(breaker, 1.0)
     breaker.record(probe, Tally.SUCCESS, 1.0)
     breaker.record(stale, Tally.FAILURE, 1.1)  # came back late, from before the outage ended
@@ -245,3 +248,36 @@ def test_ramp_does_not_grow_on_outage_failures() -> None:
     ramp.sent()
     assert not ramp.may_send()
     assert ramp.cap == 2
+
+
+def test_with_only_failures_so_far_no_more_are_sent_than_the_breaker_needs() -> None:
+    breaker = Breaker(SETTINGS)
+    first = send(breaker, 0.0)
+    in_flight = [send(breaker, 0.0) for _ in range(5)]
+    assert breaker.record(first, Tally.FAILURE, 0.0, "DISPATCH_TIMEOUT") is False
+    # One failure and five in flight: if they all fail, the breaker opens (4 needed).
+    assert breaker.admit(0.0, None) == Hold(math.inf)
+    assert breaker.record(in_flight[0], Tally.SUCCESS, 0.0) is True  # wake the held one
+    assert isinstance(breaker.admit(0.0, None), Pass)
+
+
+def test_no_success_rule_does_not_hold_healthy_traffic() -> None:
+    breaker = Breaker(SETTINGS)
+    ok = send(breaker, 0.0)
+    breaker.record(ok, Tally.SUCCESS, 0.0)
+    tickets = [send(breaker, 0.0) for _ in range(100)]
+    breaker.record(tickets[0], Tally.FAILURE, 0.0)
+    assert isinstance(breaker.admit(0.0, None), Pass)
+
+
+def test_outage_from_the_start_sends_exactly_minimum_throughput() -> None:
+    breaker = Breaker(SETTINGS)
+    in_flight: list[Pass] = []
+    sent = 0
+    while breaker.state is BreakerState.CLOSED:
+        # Three callers at a time (the concurrency limit); answers come back oldest first.
+        while len(in_flight) < 3 and isinstance(decision := breaker.admit(0.0, None), Pass):
+            in_flight.append(decision)
+            sent += 1
+        breaker.record(in_flight.pop(0), Tally.FAILURE, 0.0)
+    assert sent == SETTINGS.minimum_throughput

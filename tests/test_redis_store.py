@@ -103,7 +103,8 @@ def test_store_connects_lazily_and_hides_the_password() -> None:
 async def test_happy_path_costs_two_round_trips(
     server: RedisServer, raw: Redis, namespace: str
 ) -> None:
-    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+    # The limits' own round trips (the breaker's are tests/test_breaker_redis.py's).
+    async with RedisStore.from_url(server.url, namespace=namespace, circuit_breaker=None) as store:
         await store.deposit_request()
         admission = await store.admit(ORIGIN, None)
         assert await permits(raw, namespace) == 1
@@ -118,7 +119,7 @@ async def test_happy_path_costs_two_round_trips(
 async def test_back_to_back_requests_cost_one_round_trip_each(
     server: RedisServer, raw: Redis, namespace: str
 ) -> None:
-    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+    async with RedisStore.from_url(server.url, namespace=namespace, circuit_breaker=None) as store:
         for _ in range(10):
             admission = await store.admit(ORIGIN, None)
             await admission.report(Feedback(Signal.SUCCESS))
@@ -751,7 +752,9 @@ def test_a_fallback_rejoins_on_a_new_loop_and_after_aclose() -> None:
 
 async def test_aclose_with_redis_down_stops_everything() -> None:
     with RedisServer() as srv:
-        store = RedisStore.from_url(srv.url, namespace="closing", probe_max_delay=0.2)
+        store = RedisStore.from_url(
+            srv.url, namespace="closing", probe_max_delay=0.2, circuit_breaker=None
+        )
         admission = await store.admit(ORIGIN, None)
         await admission.report(Feedback(Signal.SUCCESS))
         srv.kill()

@@ -163,7 +163,10 @@ async def test_retry_budget_stops_a_retry_storm(
 ) -> None:
     emu.configure(transient_rate=1.0)  # a dead upstream
     budget = RetryBudgetSettings(ratio=0.2, min_per_second=0.1, ttl=10)
-    mw = ResilienceMiddleware(backoff=FAST, max_attempts=5, retry_budget=budget)
+    # The budget alone (the circuit breaker would hold these requests instead).
+    mw = ResilienceMiddleware(
+        backoff=FAST, max_attempts=5, retry_budget=budget, circuit_breaker=None
+    )
     async with aiohttp.ClientSession(middlewares=(mw,)) as s:
         statuses = await batch(s, emu, 50, "b")
     assert all(status >= 500 for status in statuses)
@@ -175,7 +178,7 @@ async def test_retry_budget_stops_a_retry_storm(
 
 async def test_budget_can_be_turned_off(emu: Emulator) -> None:
     emu.configure(transient_rate=1.0)
-    mw = ResilienceMiddleware(backoff=FAST, max_attempts=3, retry_budget=None)
+    mw = ResilienceMiddleware(backoff=FAST, max_attempts=3, retry_budget=None, circuit_breaker=None)
     async with aiohttp.ClientSession(middlewares=(mw,)) as s:
         await batch(s, emu, 20, "n")
     assert emu.stats.requests == 60

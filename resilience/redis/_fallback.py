@@ -46,9 +46,14 @@ class Fallback:
 
     @staticmethod
     def _local(limit: int) -> LocalStore:
-        # One limit for every origin: the fleet's share of the namespace's one plan limit.
+        # One limit for every origin: the fleet's share of the namespace's one plan limit. No
+        # breaker here: the store's own (SharedBreakers) falls back to a local one itself.
         return LocalStore(
-            max_concurrency=limit, initial_concurrency=limit, retry_budget=None, shared_limit=True
+            max_concurrency=limit,
+            initial_concurrency=limit,
+            retry_budget=None,
+            shared_limit=True,
+            circuit_breaker=None,
         )
 
     def trip(self, exc: BaseException, generation: int, *, limit: int, workers: int) -> bool:

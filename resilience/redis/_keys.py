@@ -9,6 +9,8 @@ Prefix ``resilience:{NS}:``; see ``scripts/*.lua`` for what each holds:
 ``workers``  ZSET  worker id -> liveness deadline (ms)
 ``budget``   HASH  the retry budget's per-second deposit and withdrawal slots
 ``rate:O``   HASH  the rate gate and pacer of origin ``O``
+``brk:O``    HASH  the circuit breaker of origin ``O``: state, probe token, window buckets
+``brk-flight:O`` ZSET  its attempts in flight: ticket -> expiry (ms)
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Keys:
 
     def rate(self, origin: str) -> str:
         return f"{self.prefix}rate:{origin}"
+
+    def breaker_keys(self, origin: str) -> list[str]:
+        """KEYS of the breaker scripts: its state and window, its attempts in flight."""
+        return [f"{self.prefix}brk:{origin}", f"{self.prefix}brk-flight:{origin}"]
 
     def limit_keys(self, origin: str) -> list[str]:
         """KEYS of the report and release scripts."""

@@ -18,6 +18,7 @@ from typing import Final
 
 from redis.commands.core import AsyncScript
 
+from .._breaker import BUCKETS as BREAKER_BUCKETS
 from .._pacing import PACING, PacingRule
 
 __all__ = ["REORDER", "Scripts", "constants", "source"]
@@ -39,6 +40,7 @@ def constants(rule: PacingRule = PACING) -> dict[str, float]:
         "RATE_SLOTS": rule.window_slots,
         "MIN_SPAN_MS": rule.minimum_span * 1000,
         "REORDER_MS": REORDER * 1000,
+        "BREAKER_BUCKETS": BREAKER_BUCKETS,
     }
 
 
@@ -77,6 +79,8 @@ class Scripts:
     renew: AsyncScript
     budget: AsyncScript
     adopt: AsyncScript
+    breaker_admit: AsyncScript
+    breaker_record: AsyncScript
 
     @classmethod
     def register(cls, client: object) -> Scripts:
@@ -88,4 +92,6 @@ class Scripts:
             renew=register(source("renew")),
             budget=register(source("budget")),
             adopt=register(source("adopt")),
+            breaker_admit=register(source("breaker_admit")),
+            breaker_record=register(source("breaker_record")),
         )

@@ -17,7 +17,7 @@ import inspect
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar
@@ -27,12 +27,14 @@ import redis.asyncio
 from redis.asyncio.connection import parse_url
 from yarl import URL
 
+from .._breaker import DEFAULT_CIRCUIT_BREAKER, CircuitBreaker
 from .._budget import DEFAULT_RETRY_BUDGET, RetryBudgetSettings
 from .._errors import DeadlineExceeded
 from .._events import LIMIT_EVENT, emit
 from .._pacing import MAX_RETRY_AFTER
-from .._store import Admission
+from .._store import Admission, admit_through, circuit_of
 from ._admission import LocalAdmission, SharedAdmission
+from ._breaker import SharedBreakers
 from ._budget import SharedBudget
 from ._connection import Connections, Link, Unavailable
 from ._fallback import Fallback
@@ -112,6 +114,8 @@ class RedisStore:
         max_connections: connection pool size (callers wait for a free one).
         probe_max_delay: longest pause between reconnection probes while Redis is down.
         state_ttl: seconds after which an idle namespace's keys (its learned limit) expire.
+        circuit_breaker: the fleet's breaker per origin (window and state in Redis, one
+            probe for the whole fleet); ``None``: no breaker.
         cluster: with ``url``: the URL names one node of a Redis Cluster (a ``RedisCluster``
             client follows the cluster's redirections).
         connection_options: more keyword arguments for redis-py's connection pool (or
@@ -134,6 +138,7 @@ class RedisStore:
         probe_max_delay: float = 5.0,
         state_ttl: float = 86400.0,
         cluster: bool = False,
+        circuit_breaker: CircuitBreaker | None = DEFAULT_CIRCUIT_BREAKER,
         connection_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._keys: Final = Keys.of(namespace)
@@ -186,6 +191,7 @@ class RedisStore:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the state below
         self._closed = False  # aclose() began: no new tasks, no new connections
         self._turns: dict[str, asyncio.Lock] = {}  # per paced origin: one reservation at a time
+        self.circuit: Final = circuit_of(circuit_breaker, self._shared_breakers)
 
     @classmethod
     @_arguments_of(__init__)
@@ -209,7 +215,13 @@ class RedisStore:
         return self._last_limit if fallback.shared else fallback.local.concurrency_limit
 
     async def admit(self, origin: str, deadline: float | None) -> Admission:
-        """Wait at the shared gate and pacer of ``origin``, then for a shared permit."""
+        """Wait at ``origin``'s shared circuit breaker, gate and pacer, then for a permit."""
+        if self.circuit is None:
+            return await self._admit(origin, deadline)
+        self._on_loop()
+        return await admit_through(self.circuit, origin, deadline, self._admit)
+
+    async def _admit(self, origin: str, deadline: float | None) -> Admission:
         slot_epoch = -1  # the pacing epoch of our reserved sending slot, once we hold one
         self._closed = False  # used again after aclose(): reopens lazily
         self._on_loop()
@@ -441,6 +453,29 @@ class RedisStore:
             # Cuts matter to an operator; growth happens every round trip and stays at DEBUG.
             level = "info" if new < old else "debug"
             emit(LIMIT_EVENT, level, limiter=self.namespace, old=old, new=new, why=why)
+
+    def _shared_breakers(self, settings: CircuitBreaker) -> SharedBreakers:
+        async def run(kind: str, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+            # An admit names its ticket (running it twice changes nothing); a record counts.
+            return await self._run(kind, script, keys, args, idempotent=script == "breaker_admit")
+
+        return SharedBreakers(
+            settings,
+            self._keys,
+            run,
+            shared=self._is_shared,
+            spawn=self._spawn_now,
+            state_ms=self._settings.state_ms,
+        )
+
+    def _spawn_now(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background on the running loop (dropped when there is none)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()  # interpreter shutdown: the token expires by itself
+            return
+        self._tasks.spawn(loop, coro)
 
     def _note_workers(self, workers: int) -> None:
         self._workers = workers

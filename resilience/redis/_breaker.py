@@ -1,0 +1,197 @@
+"""The fleet's circuit breakers: each origin's window and state in Redis, one probe per fleet.
+
+The rule is ``resilience/_breaker.py``'s, run by ``scripts/breaker_admit.lua`` and
+``scripts/breaker_record.lua`` on Redis's clock (``tests/test_breaker_redis.py`` runs one table of
+cases through both). The half-open probe is a token with an expiry (``probe_timeout``) owned by
+the ticket of the worker that sends it, so 50 processes send one probe, not 50. While Redis is
+unreachable each worker uses its own in-process breakers, as the limits do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .._breaker import Admit, BreakerState, CircuitBreaker, Hold, Pass, Refuse, Tally
+from .._circuit import LocalBreakers
+from ._connection import Unavailable
+from ._keys import Keys
+
+__all__ = ["SHARED_POLL", "SharedBreakers"]
+
+SHARED_POLL: Final = 0.05
+"""Seconds a view of the shared state is trusted: while the fleet's breaker is closed (and has
+seen a success), this process admits without asking Redis, and looks again this often. The
+first request held in this process looks as often (the others wait behind it)."""
+
+FLUSH_EVERY: Final = 1.0
+"""Successes are counted in Redis in batches, at least this often (and with every failure):
+the happy path costs no round trip per request."""
+
+_TALLY_ARG: Final = {Tally.SUCCESS: "s", Tally.FAILURE: "f", Tally.NEUTRAL: "n"}
+_UNCOUNTED: Final = ""  # the token of an attempt admitted from the view (not in the flight set)
+
+Run = Callable[[str, str, Sequence[str], Sequence[object]], Awaitable[Any]]
+"""Runs one named script: (kind, script, keys, args) -> reply; raises ``Unavailable``."""
+
+
+@dataclass(slots=True)
+class _View:
+    """One origin's shared breaker as last seen here, and the successes not yet counted."""
+
+    state: BreakerState = BreakerState.CLOSED
+    probe_at: float = 0.0
+    last: str | None = None
+    epoch: int = 0
+    trusted: bool = False  # closed with a success in its window: no suspected outage
+    seen_at: float = -math.inf
+    successes: int = 0
+    flushed_at: float = field(default_factory=time.monotonic)
+
+
+class SharedBreakers:
+    """A :class:`~resilience._circuit.BreakerRule` whose state is in Redis."""
+
+    poll: Final[float | None] = SHARED_POLL
+
+    def __init__(
+        self,
+        settings: CircuitBreaker,
+        keys: Keys,
+        run: Run,
+        *,
+        shared: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        state_ms: int,
+    ) -> None:
+        self.settings = settings
+        self.local: Final = LocalBreakers(settings)
+        """This process's breakers, used while Redis is unreachable."""
+        self._keys = keys
+        self._run = run
+        self._shared = shared
+        self._spawn = spawn
+        self._worker = uuid.uuid4().hex[:12]
+        self._count = itertools.count()
+        self._views: dict[str, _View] = {}
+        self._args = [
+            settings.failure_ratio,
+            settings.minimum_throughput,
+            settings.sampling_duration * 1000,
+            settings.break_duration * 1000,
+            settings.break_growth,
+            settings.max_break_duration * 1000,
+            settings.probe_timeout * 1000,
+            state_ms,
+        ]
+
+    def _view(self, origin: str) -> _View:
+        view = self._views.get(origin)
+        if view is None:
+            view = self._views[origin] = _View()
+        return view
+
+    async def admit(self, origin: str, deadline: float | None, *, commit: bool) -> Admit:
+        if not self._shared():
+            return await self.local.admit(origin, deadline, commit=commit)
+        view = self._view(origin)
+        now = time.monotonic()
+        # A trusted view (closed, a success in the window) admits without a round trip: a
+        # look trusts it for SHARED_POLL, a commit (made once the permit is held, just before
+        # the send) always, so no round trip comes between a permit and its send.
+        if view.trusted and (commit or now - view.seen_at < SHARED_POLL):
+            return Pass(probe=False, epoch=view.epoch, token=_UNCOUNTED)
+        token = f"{self._worker}:{next(self._count)}"
+        deadline_in = -1.0 if deadline is None else max(0.0, (deadline - now) * 1000)
+        args = [token, deadline_in, self.settings.probe_timeout * 1000, int(commit), *self._args]
+        try:
+            reply = await self._run(
+                "breaker", "breaker_admit", self._keys.breaker_keys(origin), args
+            )
+        except Unavailable:
+            return await self.local.admit(origin, deadline, commit=commit)
+        kind, probe, epoch, wait_ms = (int(x) for x in reply[:4])
+        now = time.monotonic()
+        until = math.inf if wait_ms < 0 else now + wait_ms / 1000
+        self._note(view, reply[4], until, reply[5], epoch=epoch)
+        view.trusted = view.state is BreakerState.CLOSED and not int(reply[6])
+        if kind == 0:
+            return Pass(probe=bool(probe), epoch=epoch, token=token if commit else _UNCOUNTED)
+        if kind == 2:
+            return Refuse(until, _text(reply[5]))
+        return Hold(until)
+
+    async def record(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool:
+        if ticket.token is None:  # admitted by the local breakers during a fallback
+            return await self.local.record(origin, ticket, tally, code)
+        view = self._view(origin)
+        if ticket.token == _UNCOUNTED and tally is not Tally.FAILURE:
+            if tally is Tally.SUCCESS:
+                view.successes += 1
+                if time.monotonic() - view.flushed_at >= FLUSH_EVERY:
+                    self._spawn(self._background(origin, ticket, "n"))
+            return False
+        return await self._record(origin, ticket, _TALLY_ARG[tally], code)
+
+    def abandon(self, origin: str, ticket: Pass) -> bool:
+        if ticket.token is None:
+            return self.local.abandon(origin, ticket)
+        if ticket.token != _UNCOUNTED:
+            # Free the probe token (or the place in flight) now, not at its expiry.
+            self._spawn(self._background(origin, ticket, "a"))
+        return False
+
+    def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
+        if not self._shared():
+            return self.local.state(origin)
+        view = self._view(origin)
+        return view.state, view.probe_at, view.last
+
+    async def _background(self, origin: str, ticket: Pass, tally: str) -> None:
+        await self._record(origin, ticket, tally, None)
+
+    async def _record(self, origin: str, ticket: Pass, tally: str, code: str | None) -> bool:
+        view = self._view(origin)
+        successes, view.successes = view.successes, 0
+        view.flushed_at = time.monotonic()
+        args = [
+            ticket.token,
+            int(ticket.probe),
+            ticket.epoch,
+            tally,
+            code or "",
+            successes,
+            *self._args,
+        ]
+        try:
+            reply = await self._run(
+                "breaker", "breaker_record", self._keys.breaker_keys(origin), args
+            )
+        except Unavailable:
+            return False
+        wait_ms = int(reply[2])
+        until = time.monotonic() + wait_ms / 1000 if wait_ms >= 0 else 0.0
+        self._note(view, reply[1], until, reply[3], epoch=view.epoch)
+        if view.state is not BreakerState.CLOSED:
+            view.trusted = False
+        return bool(int(reply[0]))
+
+    def _note(
+        self, view: _View, state: object, probe_at: float, last: object, *, epoch: int
+    ) -> None:
+        view.state = BreakerState(_text(state) or "closed")
+        view.probe_at = probe_at
+        view.last = _text(last)
+        view.epoch = epoch
+        view.seen_at = time.monotonic()
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return str(value) if value else None
