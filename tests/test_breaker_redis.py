@@ -80,6 +80,7 @@ class LuaBreaker:
             shared=lambda: True,
             spawn=lambda coro: coro.close(),
             state_ms=60_000,
+            trust_views=False,  # the scripts themselves, every time
         )
 
 

@@ -25,8 +25,9 @@ from ._keys import Keys
 __all__ = ["SHARED_POLL", "SharedBreakers"]
 
 SHARED_POLL: Final = 0.05
-"""Seconds a view of the shared state is trusted: while the fleet's breaker is closed (and has
-seen a success), this process admits without asking Redis, and looks again this often. The
+"""Seconds a view of the shared state is trusted: while the fleet's breaker is closed (and its
+window is not all outage failures), this process admits without asking Redis, and looks again
+this often. The
 first request held in this process looks as often (the others wait behind it)."""
 
 FLUSH_EVERY: Final = 1.0
@@ -48,7 +49,7 @@ class _View:
     probe_at: float = 0.0
     last: str | None = None
     epoch: int = 0
-    trusted: bool = False  # closed with a success in its window: no suspected outage
+    trusted: bool = False  # closed, and its window is not all outage failures
     seen_at: float = -math.inf
     successes: int = 0
     flushed_at: float = field(default_factory=time.monotonic)
@@ -68,8 +69,10 @@ class SharedBreakers:
         shared: Callable[[], bool],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         state_ms: int,
+        trust_views: bool = True,
     ) -> None:
         self.settings = settings
+        self._trust_views = trust_views  # False: every admit asks Redis (the rule's tests)
         self.local: Final = LocalBreakers(settings)
         """This process's breakers, used while Redis is unreachable."""
         self._keys = keys
@@ -101,7 +104,8 @@ class SharedBreakers:
             return await self.local.admit(origin, deadline, commit=commit)
         view = self._view(origin)
         now = time.monotonic()
-        # A trusted view (closed, a success in the window) admits without a round trip: a
+        # A trusted view (closed, not only failures in the window) admits without a round
+        # trip: a
         # look trusts it for SHARED_POLL, a commit (made once the permit is held, just before
         # the send) always, so no round trip comes between a permit and its send.
         if view.trusted and (commit or now - view.seen_at < SHARED_POLL):
@@ -119,7 +123,7 @@ class SharedBreakers:
         now = time.monotonic()
         until = math.inf if wait_ms < 0 else now + wait_ms / 1000
         self._note(view, reply[4], until, reply[5], epoch=epoch)
-        view.trusted = view.state is BreakerState.CLOSED and not int(reply[6])
+        view.trusted = self._trust_views and view.state is BreakerState.CLOSED and not int(reply[6])
         if kind == 0:
             return Pass(probe=bool(probe), epoch=epoch, token=token if commit else _UNCOUNTED)
         if kind == 2:

@@ -2,7 +2,8 @@
 -- ARGV: ticket deadline_in_ms (-1: none) pending_ttl_ms commit (0: only look), then the
 --       settings (see lib/50_breaker.lua)
 -- -> {kind (0 pass, 1 hold, 2 refuse), probe, epoch, wait_ms (-1: until woken), state, last,
---     untried (1: the window holds no success yet, so a view of it must not be trusted)}
+--     suspect (1: the window holds outage failures and nothing else: a view of it must not
+--     be trusted)}
 local key, pending = KEYS[1], KEYS[2]
 local now = now_ms()
 local ticket, deadline_in, pending_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -37,14 +38,14 @@ if b.state == 'half_open' then
   return {1, 0, b.epoch, b.probe_since + cfg.probe_timeout - now, b.state, b.last, 0}
 end
 local total, failures = brk_counts(key, cfg, now)
-local untried = 0
-if failures == total then untried = 1 end
+local suspect = 0
+if failures > 0 and failures == total then suspect = 1 end
 local in_flight = brk_pending(pending, now)
-if failures > 0 and failures == total and failures + in_flight >= cfg.min then
+if suspect == 1 and failures + in_flight >= cfg.min then
   return {1, 0, b.epoch, -1, b.state, b.last, 1}
 end
 if commit then
   redis.call('ZADD', pending, now + pending_ttl, ticket)
   redis.call('PEXPIRE', pending, pending_ttl)
 end
-return {0, 0, b.epoch, 0, b.state, b.last, untried}
+return {0, 0, b.epoch, 0, b.state, b.last, suspect}
