@@ -9,6 +9,7 @@ unreachable each worker uses its own in-process breakers, as the limits do.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import time
@@ -82,6 +83,8 @@ class SharedBreakers:
         self._worker = uuid.uuid4().hex[:12]
         self._count = itertools.count()
         self._views: dict[str, _View] = {}
+        self._peeks: dict[str, asyncio.Lock] = {}
+        self._peek_loop: asyncio.AbstractEventLoop | None = None
         self._args = [
             settings.failure_ratio,
             settings.minimum_throughput,
@@ -103,14 +106,51 @@ class SharedBreakers:
         if not self._shared():
             return await self.local.admit(origin, deadline, commit=commit)
         view = self._view(origin)
-        now = time.monotonic()
         # A trusted view (closed, not only failures in the window) admits without a round
-        # trip: a
-        # look trusts it for SHARED_POLL, a commit (made once the permit is held, just before
-        # the send) always, so no round trip comes between a permit and its send.
-        if view.trusted and (commit or now - view.seen_at < SHARED_POLL):
+        # trip: a look trusts it for SHARED_POLL, a commit (made once the permit is held, just
+        # before the send) always, so no round trip comes between a permit and its send.
+        if view.trusted and commit:
             return Pass(probe=False, epoch=view.epoch, token=_UNCOUNTED)
+        if commit:
+            return await self._ask(origin, view, deadline, commit=True)
+        answer = self._from_view(view, deadline)
+        if answer is not None:
+            return answer
+        # One look per origin at a time: the others use what it saw (a burst of requests
+        # costs one round trip, not one each).
+        async with self._peek_lock(origin):
+            answer = self._from_view(view, deadline)
+            if answer is not None:
+                return answer
+            return await self._ask(origin, view, deadline, commit=False)
+
+    def _from_view(self, view: _View, deadline: float | None) -> Admit | None:
+        """The answer a fresh view gives without Redis, or None when Redis must be asked."""
+        if time.monotonic() - view.seen_at >= SHARED_POLL:
+            return None
+        if view.trusted:
+            return Pass(probe=False, epoch=view.epoch, token=_UNCOUNTED)
+        if view.state is BreakerState.OPEN and math.isfinite(view.probe_at):
+            if deadline is not None and deadline <= view.probe_at:
+                return Refuse(view.probe_at, view.last)
+            if time.monotonic() < view.probe_at:
+                return Hold(view.probe_at)
+        return None
+
+    def _peek_lock(self, origin: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._peek_loop is not loop:  # locks of another (maybe finished) loop are no use
+            self._peek_loop, self._peeks = loop, {}
+        lock = self._peeks.get(origin)
+        if lock is None:
+            lock = self._peeks[origin] = asyncio.Lock()
+        return lock
+
+    async def _ask(
+        self, origin: str, view: _View, deadline: float | None, *, commit: bool
+    ) -> Admit:
         token = f"{self._worker}:{next(self._count)}"
+        now = time.monotonic()
         deadline_in = -1.0 if deadline is None else max(0.0, (deadline - now) * 1000)
         args = [token, deadline_in, self.settings.probe_timeout * 1000, int(commit), *self._args]
         try:
@@ -181,8 +221,8 @@ class SharedBreakers:
         wait_ms = int(reply[2])
         until = time.monotonic() + wait_ms / 1000 if wait_ms >= 0 else 0.0
         self._note(view, reply[1], until, reply[3], epoch=view.epoch)
-        if view.state is not BreakerState.CLOSED:
-            view.trusted = False
+        if view.state is not BreakerState.CLOSED or int(reply[4]):
+            view.trusted = False  # opened, or nothing but failures so far: ask again
         return bool(int(reply[0]))
 
     def _note(

@@ -41,8 +41,14 @@ ACL_COMMANDS: Final = (
 )  # fmt: skip
 """The commands an ACL user of the store needs, on keys ``resilience:*`` (README)."""
 
-# OSError covers TimeoutError (also a call's time limit running out) and ssl errors
-TROUBLE: Final = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+# OSError covers TimeoutError (also a call's time limit running out) and ssl errors; a
+# cluster that cannot be reached again raises RedisClusterException, not a RedisError.
+TROUBLE: Final = (
+    redis_errors.RedisError,
+    redis_errors.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 class Source:

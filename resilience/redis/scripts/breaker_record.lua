@@ -2,7 +2,8 @@
 -- ARGV: ticket ('' for one not counted in flight) probe (0/1) epoch tally (s: success,
 --       f: failure, n: neutral, a: abandoned) code successes (earlier successes of this
 --       worker, batched), then the settings (see lib/50_breaker.lua)
--- -> {changed (0/1), state, wait_ms until the probe (-1: not open), last}
+-- -> {changed (0/1), state, wait_ms until the probe (-1: not open), last,
+--     suspect (1: the window holds outage failures and nothing else)}
 local key, pending = KEYS[1], KEYS[2]
 local now = now_ms()
 local ticket, probe, epoch, tally, code = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), ARGV[4],
@@ -13,10 +14,10 @@ local b = brk_load(key)
 if successes > 0 and b.state == 'closed' then
   brk_add(key, cfg, now, false, successes)
 end
-local function reply(changed)
+local function reply(changed, suspect)
   local wait = -1
   if b.state == 'open' then wait = b.opened + brk_break(cfg, b.opens) - now end
-  return {changed, b.state, wait, b.last}
+  return {changed, b.state, wait, b.last, suspect or 0}
 end
 if probe then
   -- only the ticket that owns the probe token decides; a lapsed probe's late answer does not
@@ -54,6 +55,9 @@ if failure then
     return reply(1)
   end
   redis.call('HSET', key, 'last', b.last)
+  redis.call('PEXPIRE', key, cfg.ttl)
+  if failures == total then return reply(0, 1) end
+  return reply(0)
 end
 redis.call('PEXPIRE', key, cfg.ttl)
 return reply(0)
