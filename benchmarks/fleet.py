@@ -62,10 +62,10 @@ SCENARIOS: Final = {"plan": throttling.SCENARIOS[0], "rate": throttling.SCENARIO
 
 
 async def run_redis(
-    base: URL, jobs: list[str], redis_url: str, namespace: str
+    base: URL, jobs: list[str], redis_url: str, namespace: str, redis_timeout: float
 ) -> tuple[list[bool], dict[str, int]]:
     """throttling.run_resilience with the fleet's shared store."""
-    store = RedisStore.from_url(redis_url, namespace=namespace)
+    store = RedisStore.from_url(redis_url, namespace=namespace, redis_timeout=redis_timeout)
     mw = ResilienceMiddleware(
         max_attempts=throttling.ATTEMPTS,
         max_elapsed=throttling.DEADLINE,
@@ -86,7 +86,8 @@ async def run_redis(
                 return False
 
         results = list(await asyncio.gather(*(one(j) for j in jobs)))
-        return results, store.stats().round_trips
+        stats = store.stats()
+        return results, {**stats.round_trips, "fallbacks": stats.fallbacks}
 
 
 async def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,7 +99,9 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     round_trips: dict[str, int] = {}
     if args.worker == "redis":
-        results, round_trips = await run_redis(base, jobs, args.redis, args.namespace)
+        results, round_trips = await run_redis(
+            base, jobs, args.redis, args.namespace, args.redis_timeout
+        )
     else:
         client = "resilience" if args.worker == "local" else args.worker
         results = await throttling.CLIENTS[client](base, jobs)
@@ -114,7 +117,9 @@ async def worker(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the fleet
 
 
-def run_fleet(kind: str, scenario: str, base: URL, redis_url: str, workers: int) -> dict[str, Any]:
+def run_fleet(
+    kind: str, scenario: str, base: URL, redis_url: str, workers: int, redis_timeout: float = 0.25
+) -> dict[str, Any]:
     """One row: ``workers`` processes, each with ``kind``, the whole scenario split among them."""
 
     def control(what: str, body: dict[str, Any] | None = None) -> Any:
@@ -135,7 +140,8 @@ def run_fleet(kind: str, scenario: str, base: URL, redis_url: str, workers: int)
         subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, "--emulator", str(base),
              "--redis", redis_url, "--namespace", namespace, "--name", f"{kind}-{n}",
-             "--jobs", str(per_worker), "--start-at", repr(start_at)],
+             "--jobs", str(per_worker), "--start-at", repr(start_at),
+             "--redis-timeout", repr(redis_timeout)],
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -156,7 +162,9 @@ def run_fleet(kind: str, scenario: str, base: URL, redis_url: str, workers: int)
     wall = max(o["ended"] for o in outs) - min(o["started"] for o in outs)
     by_code = stats["by_code"]
     trips: dict[str, int] = {}
+    fallbacks = 0
     for o in outs:
+        fallbacks += o["round_trips"].pop("fallbacks", 0)
         for key, value in o["round_trips"].items():
             trips[key] = trips.get(key, 0) + value
     return {
@@ -170,6 +178,7 @@ def run_fleet(kind: str, scenario: str, base: URL, redis_url: str, workers: int)
         "lost": jobs - sum(o["ok"] for o in outs),
         "duplicates": stats["duplicates"],
         "redis_calls_per_attempt": (sum(trips.values()) / stats["requests"] if trips else None),
+        "fallbacks": fallbacks,
     }
 
 
@@ -246,13 +255,13 @@ def _redis_cpu(redis_url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def capacity(base: URL, redis_url: str) -> list[dict[str, Any]]:
+def capacity(base: URL, redis_url: str, redis_timeout: float) -> list[dict[str, Any]]:
     """Redis round trips and Redis server CPU per 1,000 requests, at 4, 8 and 16 workers."""
     rows = []
     for scenario in SCENARIOS:
         for workers in CAPACITY_WORKERS:
             before = _redis_cpu(redis_url)
-            row = run_fleet("redis", scenario, base, redis_url, workers)
+            row = run_fleet("redis", scenario, base, redis_url, workers, redis_timeout)
             cpu = _redis_cpu(redis_url) - before
             requests = row["attempts"] * (SCENARIOS[scenario].jobs // workers * workers)
             calls = row["redis_calls_per_attempt"] or 0.0
@@ -265,12 +274,13 @@ def capacity(base: URL, redis_url: str) -> list[dict[str, Any]]:
 
 def print_capacity(rows: list[dict[str, Any]]) -> None:
     print("| scenario | workers | wall / floor | requests | Redis round trips / 1,000 requests "
-          "| Redis CPU ms / 1,000 requests | jobs lost |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| Redis CPU ms / 1,000 requests | fallbacks | jobs lost |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['scenario']} | {r['workers']} | {r['ratio']:.2f}x | {r['requests']:.0f} "
-            f"| {r['trips_per_1000']:,.0f} | {r['cpu_ms_per_1000']:.1f} | {r['lost']} |",
+            f"| {r['trips_per_1000']:,.0f} | {r['cpu_ms_per_1000']:.1f} | {r['fallbacks']} "
+            f"| {r['lost']} |",
             flush=True,
         )
     worst = max(r["cpu_ms_per_1000"] for r in rows)
@@ -291,6 +301,12 @@ def main() -> None:
     parser.add_argument("--only", choices=KINDS, action="append", help="run only these rows")
     parser.add_argument("--scenario", choices=tuple(SCENARIOS), action="append")
     parser.add_argument("--no-cost", action="store_true", help="skip the permit-cost table")
+    parser.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=0.25,
+        help="RedisStore redis_timeout (a loaded machine trips the default 0.25 s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     parser.add_argument(
         "--capacity",
@@ -325,7 +341,7 @@ def main() -> None:
             print(f"RedisStore fleet capacity ({os.cpu_count()} CPUs, Python {version})")
             print()
             with EmulatorProcess(**throttling.NEUTRAL) as emulator:
-                cap = capacity(emulator.url, redis_url)
+                cap = capacity(emulator.url, redis_url, args.redis_timeout)
             print_capacity(cap)
             if args.json:
                 print(json.dumps(cap, indent=2))
@@ -342,10 +358,15 @@ def main() -> None:
         with EmulatorProcess(**throttling.NEUTRAL) as emulator:
             for scenario in args.scenario or list(SCENARIOS):
                 for kind in kinds:
-                    row = run_fleet(kind, scenario, emulator.url, redis_url, args.workers)
+                    row = run_fleet(
+                        kind, scenario, emulator.url, redis_url, args.workers, args.redis_timeout
+                    )
                     rows.append(row)
                     calls = row["redis_calls_per_attempt"]
-                    extra = f" ({calls:.2f} Redis calls / attempt)" if calls else ""
+                    extra = f" ({calls:.2f} Redis calls / attempt" if calls else ""
+                    if extra and row["fallbacks"]:
+                        extra += f", {row['fallbacks']} fallbacks to local limits"
+                    extra += ")" if extra else ""
                     print(
                         f"| {scenario} (floor {row['floor']:.1f} s) | {LABELS[kind]}{extra} "
                         f"| {row['ratio']:.2f}x ({row['wall']:.2f} s) | {row['attempts']:.2f} "

@@ -9,6 +9,8 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
+import pytest
+
 from resilience.redis import RedisStore
 from resilience.redis._scripts import library, source
 
@@ -43,3 +45,20 @@ def test_from_url_is_the_constructor_with_one_signature() -> None:
     assert list(inspect.signature(RedisStore.from_url).parameters) == list(init.parameters)[1:]
     store = RedisStore.from_url("redis://127.0.0.1:1/0", namespace="n", max_concurrency=3)
     assert store.concurrency_limit == 3
+
+
+def test_another_features_script_is_a_new_file_registered_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The breaker and quota helpers add scripts/<name>.lua; named() registers it on first use
+    (here a stand-in for such a file) and keeps it."""
+    from redis.asyncio import Redis
+
+    from resilience.redis import _scripts
+
+    scripts = _scripts.Scripts.register(Redis.from_url("redis://127.0.0.1:1/0"))
+    assert scripts.named("acquire") is scripts.acquire
+    monkeypatch.setattr(_scripts, "source", lambda name: f"return '{name}'")
+    breaker = scripts.named("breaker")
+    assert breaker.script == "return 'breaker'"
+    assert scripts.named("breaker") is breaker

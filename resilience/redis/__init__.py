@@ -16,11 +16,15 @@ back to local, bounded limits and rejoins when Redis is back: no caller sees a R
 
 Needs redis-py (``pip install 'resilience[redis]'``) and asyncio (redis-py's asyncio client).
 
-The package's modules are the store's collaborators: ``_store`` (the Store protocol),
-``_connection`` (per-loop clients and one Redis call), ``_leases`` (permits held, returned,
-renewed), ``_parking`` (waiters and wake-ups), ``_fallback`` (local limits and the probe),
+The package's modules are the store's collaborators: ``_store`` (the Store protocol and the
+admission loop), ``_admission`` (the handles it hands out), ``_source`` (where clients come
+from: a URL, a cluster URL, or the app's own client), ``_connection`` (per-loop clients and
+one Redis call), ``_leases`` (permits held, returned, renewed), ``_parking`` (waiters and
+wake-ups), ``_fallback`` (local limits and the probe), ``_budget`` (the shared retry budget),
 ``_settings``, ``_keys``, ``_tasks``, and ``_scripts`` (the Lua in ``scripts/``, with the
-constants of the pure rules rendered in).
+constants of the pure rules rendered in). A new feature's script is a new file in
+``scripts/`` (shared Lua: a new ``scripts/lib/NN_name.lua``), run through
+``Scripts.named(name)``.
 """
 
 from ._store import RedisStore, RedisStoreStats

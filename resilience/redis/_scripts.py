@@ -12,9 +12,9 @@ The constants come from the pure rules, never from the Lua files: ``PacingRule``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from redis.commands.core import AsyncScript
 
@@ -69,9 +69,19 @@ def source(name: str) -> str:
     return library() + _read(f"{name}.lua")
 
 
+_CORE: Final = (
+    "acquire", "report", "release", "renew", "budget", "adopt", "breaker_admit", "breaker_record",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
-    """The store's scripts, registered on one client (EVALSHA, NOSCRIPT reloads)."""
+    """The store's scripts, registered on one client (EVALSHA, NOSCRIPT reloads).
+
+    Another feature's script is a new file ``scripts/<name>.lua`` (and, if it needs shared Lua,
+    a new ``scripts/lib/NN_name.lua``): ``named("<name>")`` registers it on first use, so adding
+    one touches no file of the store's.
+    """
 
     acquire: AsyncScript
     report: AsyncScript
@@ -81,10 +91,12 @@ class Scripts:
     adopt: AsyncScript
     breaker_admit: AsyncScript
     breaker_record: AsyncScript
+    client: Any = field(repr=False)
+    extra: dict[str, AsyncScript] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def register(cls, client: object) -> Scripts:
-        register = client.register_script  # type: ignore[attr-defined]
+    def register(cls, client: Any) -> Scripts:
+        register = client.register_script
         return cls(
             acquire=register(source("acquire")),
             report=register(source("report")),
@@ -94,4 +106,15 @@ class Scripts:
             adopt=register(source("adopt")),
             breaker_admit=register(source("breaker_admit")),
             breaker_record=register(source("breaker_record")),
+            client=client,
         )
+
+    def named(self, name: str) -> AsyncScript:
+        """The script ``scripts/<name>.lua``."""
+        if name in _CORE:
+            script: AsyncScript = getattr(self, name)
+            return script
+        found = self.extra.get(name)
+        if found is None:
+            found = self.extra[name] = self.client.register_script(source(name))
+        return found

@@ -393,7 +393,7 @@ class RedisStore:
         """Run the script named ``script`` (see ``Connections.run``)."""
         link = self._link()
         return await self._conn.run(
-            link, kind, getattr(link.scripts, script), keys, args, idempotent=idempotent
+            link, kind, link.scripts.named(script), keys, args, idempotent=idempotent
         )
 
     async def _acquire(self, origin: str, lease_id: str, slot_epoch: int) -> list[Any]:
