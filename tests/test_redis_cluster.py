@@ -21,7 +21,8 @@ from redis.asyncio.cluster import RedisCluster
 from resilience import Feedback, Signal
 from resilience.redis import RedisStore
 from resilience.testing import Emulator
-from tests.redis_server import RedisClusterServers, holder, run_fleet
+from tests.redis_server import holder, run_fleet
+from tests.redis_topologies import RedisClusterServers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from resilience import ResilienceMiddleware
 from resilience.redis import RedisStore
 from resilience.testing import Emulator
-from tests.redis_server import RedisClusterServers, RedisSentinels
+from tests.redis_topologies import RedisClusterServers, RedisSentinels
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_failover]
 
