@@ -96,6 +96,9 @@ class Leases:
     def mark_all_released(self) -> None:
         for lease in self.held.values():
             lease.released = True
+            if lease.local is not None:  # and the fallback's permit it held goes back too
+                lease.local()
+                lease.local = None
 
     def orphan_everything(self) -> None:
         """Closing: every lease held or waiting goes back as an orphan."""
