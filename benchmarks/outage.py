@@ -83,6 +83,7 @@ class Run:
 
     ok: int = 0
     first_ok: float | None = None  # time.time() of the first success
+    fallbacks: int = 0  # RedisStore fallbacks to local limits (a loaded machine's Redis)
 
     def done(self, success: bool) -> None:
         if success:
@@ -144,7 +145,10 @@ async def run_resilience(
             )
         finally:
             if store is not None:
+                fallbacks = store.stats().fallbacks
                 await store.aclose()
+                if fallbacks:
+                    print(f"fallbacks: {fallbacks}", file=sys.stderr)
 
 
 async def run_stamina(base: URL, jobs: list[str], width: int) -> Run:

@@ -183,8 +183,8 @@ class Circuit:
             raise self._open_error(origin, probe_at, last_code)
         end = min(until, deadline if deadline is not None else math.inf)
         poll = self.rule.poll
-        if poll is not None and not here.waiters:
-            end = min(end, now + poll)  # the first in line watches the shared state
+        if poll is not None and (front or not here.waiters):
+            end = min(end, now + poll)  # the first in line (or back at its head) watches
         event = anyio.Event()
         if front:
             here.waiters.appendleft(event)  # woken before and still no room: keep its place

@@ -25,7 +25,7 @@ from ._keys import Keys
 
 __all__ = ["SHARED_POLL", "SharedBreakers"]
 
-SHARED_POLL: Final = 0.05
+SHARED_POLL: Final = 0.02
 """Seconds a view of the shared state is trusted: while the fleet's breaker is closed (and its
 window is not all outage failures), this process admits without asking Redis, and looks again
 this often. The
