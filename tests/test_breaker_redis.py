@@ -278,8 +278,10 @@ async def test_a_fleet_sends_one_probe_per_break_and_loses_nothing(server: Redis
                     await proc.wait()
     assert sum(o["ok"] for o in outs) == workers * jobs, "no job lost"
     # The fleet decides on minimum_throughput answers, then one probe per break for all three
-    # processes (not one each): 4 + at most 4 probes in the first second.
-    assert into_outage <= RULE.minimum_throughput + 4, (into_outage, outs)
+    # processes (not one each): 4 + at most 4 probes in the first second, + at most one send
+    # per worker that had not seen the fleet's breaker open yet (a view lasts SHARED_POLL).
+    # Per-process breakers would send 4 + 3 x 4.
+    assert into_outage <= RULE.minimum_throughput + 4 + workers, (into_outage, outs)
     assert emu.stats.duplicates == 0
 
 

@@ -131,6 +131,8 @@ async def _run_jobs(
         max_attempts=settings.max_attempts,
         max_elapsed=settings.max_elapsed,
         backoff=settings.backoff,
+        # The emulator's random 402s are one-off faults, not an empty account: send every one.
+        account_stop=None,
     )
     url = emu.url / "v1/generate"
     id_header = middleware.settings.request_id_header
