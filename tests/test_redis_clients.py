@@ -133,3 +133,50 @@ async def test_a_least_privilege_acl_user_runs_the_fleet(
     finally:
         await admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
         await admin.aclose()
+
+
+async def test_a_short_client_timeout_gets_short_wake_up_pops(
+    server: RedisServer, namespace: str
+) -> None:
+    """A waiter parked longer than the client's socket_timeout is still woken by the release,
+    without the blocking pop timing out into a fallback."""
+    client = Redis.from_url(server.url, socket_timeout=0.3)
+    try:
+        async with (
+            RedisStore(client=client, namespace=namespace, max_concurrency=1) as a,
+            RedisStore(client=client, namespace=namespace, max_concurrency=1) as b,
+        ):
+            held = await a.admit(ORIGIN, None)
+            waiter = asyncio.create_task(b.admit(ORIGIN, None))
+            await asyncio.sleep(1.0)  # several of the client's timeouts
+            assert not waiter.done()
+            held.release()
+            (await asyncio.wait_for(waiter, 1.0)).release()
+            assert b.stats().mode == "redis"
+            assert b.stats().fallbacks == 0
+            assert b.stats().round_trips["wake"] >= 3  # pops of 0.15 s, not one of 1 s
+    finally:
+        await client.aclose()
+
+
+async def test_a_hung_redis_behind_the_apps_client_costs_at_most_two_redis_timeouts() -> None:
+    """The app's client has redis-py's own long timeouts; the store bounds each call itself."""
+    with RedisServer() as srv:
+        client = Redis.from_url(srv.url)  # socket_timeout: redis-py's default
+        try:
+            async with RedisStore(
+                client=client, namespace="hung", redis_timeout=0.2, probe_max_delay=0.2
+            ) as store:
+                (await store.admit(ORIGIN, None)).release()
+                await store.drain()
+                srv.pause()
+                try:
+                    started = asyncio.get_running_loop().time()
+                    admission = await store.admit(ORIGIN, None)
+                    assert asyncio.get_running_loop().time() - started < 2 * 0.2 + 0.3
+                    admission.release()
+                    assert store.stats().mode == "local"
+                finally:
+                    srv.resume()
+        finally:
+            await client.aclose()
