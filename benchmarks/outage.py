@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from resilience import CircuitBreaker, ResilienceMiddleware  # noqa: E402
 from resilience.redis import RedisStore  # noqa: E402
-from resilience.testing import EmulatorProcess  # noqa: E402
+from resilience.testing import Emulator, EmulatorProcess, Fault  # noqa: E402
 
 JOBS: Final = 2000
 WIDTH: Final = 200
@@ -59,14 +59,16 @@ INITIAL: Final = 0.5
 MAX_DELAY: Final = 30.0
 WORKERS: Final = 4
 BREAKER: Final = CircuitBreaker()
-KINDS: Final = ("breaker", "no-breaker", "fleet", "stamina", "tenacity")
+KINDS: Final = ("breaker", "no-breaker", "fleet", "stamina", "tenacity", "account")
 LABELS: Final = {
     "breaker": "resilience (circuit breaker, default)",
     "no-breaker": "resilience, circuit_breaker=None",
     "fleet": f"resilience, {WORKERS} processes, RedisStore",
     "stamina": "stamina",
     "tenacity": "tenacity",
+    "account": "resilience, 10,000 jobs on an empty account (402)",
 }
+ACCOUNT_JOBS: Final = 10_000
 SERVER: Final[dict[str, Any]] = {"generation_time": 0.05, "seed": 0}
 
 
@@ -74,7 +76,7 @@ class Retryable(Exception):
     """What the peers raise to ask for a retry (they retry on exceptions)."""
 
 
-LOST: Final = (Retryable, aiohttp.ClientError, asyncio.TimeoutError)
+LOST: Final = (Retryable, aiohttp.ClientError, asyncio.TimeoutError)  # AccountStopped too
 
 
 @dataclass
@@ -234,7 +236,31 @@ def _start_outage(base: URL) -> float:
     return time.time()
 
 
+async def _empty_account() -> dict[str, Any]:
+    """10,000 jobs at width 200 where every request would be answered 402: how many are sent."""
+    async with Emulator(generation_time=0.0) as emu:
+        emu.inject(Fault.code("BILLING_INSUFFICIENT_CREDITS"), times=ACCOUNT_JOBS)
+        mw = ResilienceMiddleware(max_attempts=ATTEMPTS, max_elapsed=DEADLINE)
+        began = time.time()
+        async with aiohttp.ClientSession(middlewares=(mw,), connector=_connector()) as session:
+            url = emu.url / "v1/generate"
+            jobs = [f"a-{i}" for i in range(ACCOUNT_JOBS)]
+            run = await _width(
+                jobs, WIDTH, lambda job: _post(session, url, job, raise_retryable=False)
+            )
+        return {
+            "kind": "account",
+            "into_outage": emu.stats.requests,
+            "requests": emu.stats.requests,
+            "first_ok_after_recovery": None,
+            "lost": ACCOUNT_JOBS - run.ok,
+            "wall": time.time() - began,
+        }
+
+
 def measure(kind: str, base: URL, redis_url: str | None) -> dict[str, Any]:
+    if kind == "account":
+        return asyncio.run(_empty_account())
     if kind == "fleet":
         assert redis_url is not None
         started = time.time()

@@ -301,8 +301,6 @@ class _Call:
         while True:
             self.attempt += 1
             began = time.monotonic()
-            if account is not None and (stopped := account.check(began)) is not None:
-                raise self._account_stopped(stopped, began)
             try:
                 admission = await store.admit(origin, policy.deadline)
             except DeadlineExceeded as exc:
@@ -316,6 +314,11 @@ class _Call:
                 raise policy.circuit_error(
                     exc, request_id=self.request_id, attempts=self.attempt - 1
                 ) from None
+            # Checked once the permit is held, just before the send: a stop answer that came
+            # while this attempt waited for its permit still stops it.
+            if account is not None and (stopped := account.check(time.monotonic())) is not None:
+                admission.release()
+                raise self._account_stopped(stopped, began)
             if getattr(admission, "held", 0.0):  # it waited unsent at the circuit breaker
                 self._log(CIRCUIT_ENDING, HELD_DECISION, began, None, None, None, None)
             sent_at = time.monotonic()
