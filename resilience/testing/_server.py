@@ -56,7 +56,6 @@ REQUEST_IDS_CAP: Final = 100_000
 _MAX_JOBS: Final = 100_000
 _MAX_BODY: Final = 64 * 1024 * 1024
 _SHUTDOWN_TIMEOUT: Final = 0.25
-_ANNOUNCED: Final = web.RequestKey("resilience_announced", dict)  # the window's headers
 _PING_BODY: Final = b'{"ok": true}'
 
 
@@ -272,7 +271,8 @@ class Emulator:
             st.request_ids.append(xrid)
         self._received.append(Received(request.method, path, headers))
 
-        resp = await self._gate(request, path, rid)
+        announced: dict[str, str] = {}  # the fixed window's headers, filled in by the gate
+        resp = await self._gate(request, path, rid, announced)
         if resp is None:
             try:
                 resp = await handler(request)
@@ -280,7 +280,6 @@ class Emulator:
                 resp = self._http_error(exc, record=True)
             if resp.status < 400:
                 self._st.by_code["ok"] += 1
-        announced = request.get(_ANNOUNCED)
         if announced and not resp.prepared:
             resp.headers.update(announced)  # the fixed window announces itself on every answer
         return resp
@@ -291,8 +290,13 @@ class Emulator:
             window = self._window = FixedWindow(limit, seconds)
         return window
 
-    async def _gate(self, request: web.Request, path: str, rid: str) -> web.StreamResponse | None:
-        """The outage, injected faults, the rate limit, random faults; None lets the request in."""
+    async def _gate(
+        self, request: web.Request, path: str, rid: str, announced: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """The outage, injected faults, the rate limit, random faults; None lets the request in.
+
+        The fixed window's quota headers go into ``announced``, for every answer to carry
+        (a dict passed in, not request storage: ``web.RequestKey`` is aiohttp >= 3.14)."""
         outage = self._outage.answer(time.monotonic())
         if outage is not None:
             self._st.outage_answers += 1
@@ -312,10 +316,11 @@ class Emulator:
             wall = time.time()
             window = self._window_for(config.window_limit, config.window_seconds)
             admitted, remaining, reset_at = window.admit(wall)
-            announced = quota_headers(
-                config.quota_headers, window.limit, window.window, remaining, reset_at, wall
+            announced.update(
+                quota_headers(
+                    config.quota_headers, window.limit, window.window, remaining, reset_at, wall
+                )
             )
-            request[_ANNOUNCED] = announced
             if not admitted:
                 asked = retry_after_headers(reset_at - wall, config.retry_after_style, wall)
                 return self._error("RATE_LIMITED", headers={**announced, **asked})
