@@ -216,7 +216,8 @@ class _Given(Source):
 def _kwargs_of(client: Client) -> dict[str, Any]:
     if isinstance(client, RedisCluster):
         kwargs = dict(client.connection_kwargs)
-        nodes = client.startup_nodes
+        # The nodes manager's copy: RedisCluster.startup_nodes itself is redis-py >= 7.0.
+        nodes = list(client.nodes_manager.startup_nodes.values())
         if nodes:
             first = nodes[0]
             kwargs.setdefault("host", first.host)
