@@ -6,8 +6,17 @@ The emulator runs in its own process on 127.0.0.1. Each scenario sends every job
 is run once per client, in one process run:
 
 (a) plan: plan limit 8 generations of 50 ms, 400 jobs                   floor 2.5 s
-(b) rate: 100 requests/s, burst 10, Retry-After, 300 jobs               floor 2.9 s
+(b) rate: 100 requests/s, burst 10, Retry-After + Retry-After-Ms, 300 jobs  floor 2.9 s
 (c) transient: plan limit 8 x 50 ms plus 20 % retryable errors, 400 jobs  floor 2.5 s
+(d) rate as (b), whole-second Retry-After only                         floor 2.9 s
+(e) rate as (b), Retry-After as an HTTP-date                           floor 2.9 s
+(f-i) a fixed window of 100 requests per second (wall-clock aligned), announced on every
+    answer in one header style each: (f) RateLimit/RateLimit-Policy, (g) RateLimit-Limit/
+    -Remaining/-Reset, (h) X-RateLimit-* with delta Reset, (i) X-RateLimit-* with a Unix-time
+    Reset; its 429 has a whole-second Retry-After; 300 jobs. The floor is the start of the
+    window that admits the last job: the third window counted from the one the batch starts
+    in. Each batch starts at a random point 0.05-0.7 s into a wall-clock second (a batch
+    started at the very end of a window could not use it, whatever the client).
 
 Every client gets the same budget: 5 attempts, 0.5 s initial wait doubling to 30 s, full
 jitter, 60 s deadline, configured the way its docs suggest. Columns: wall time / physical
@@ -22,11 +31,13 @@ import asyncio
 import functools
 import json
 import logging
+import math
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import stamina
@@ -49,20 +60,36 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 class Scenario:
     name: str
     jobs: int
-    floor: float
+    floor: float  # seconds; 0: the fixed window's, computed from where the batch starts
     settings: dict[str, Any]
+
+
+RATE: Final = {"rate_limit": 100.0, "generation_time": 0.0}
+WINDOW: Final = {
+    "window_limit": 100,
+    "window_seconds": 1.0,
+    "generation_time": 0.0,
+    "retry_after_style": "seconds",  # what most servers send
+}
 
 
 SCENARIOS = (
     Scenario("plan limit 8 x 50 ms", 400, 2.5, {"plan_concurrency": 8, "generation_time": 0.05}),
-    Scenario("rate 100/s burst 10", 300, 2.9, {"rate_limit": 100.0, "generation_time": 0.0}),
+    Scenario("rate 100/s, Retry-After-Ms", 300, 2.9, RATE),
     Scenario(
         "20% transient + plan 8",
         400,
         2.5,
         {"plan_concurrency": 8, "generation_time": 0.05, "transient_rate": 0.2},
     ),
+    Scenario("rate, Retry-After: N s", 300, 2.9, {**RATE, "retry_after_style": "seconds"}),
+    Scenario("rate, Retry-After: date", 300, 2.9, {**RATE, "retry_after_style": "date"}),
+    *(
+        Scenario(f"window 100/s, {style}", 300, 0.0, {**WINDOW, "quota_headers": style})
+        for style in ("ietf", "ietf-old", "x", "x-unix")
+    ),
 )
+LETTERS: Final = "abcdefghi"
 NEUTRAL: dict[str, Any] = {
     "plan_concurrency": None,
     "rate_limit": None,
@@ -71,6 +98,9 @@ NEUTRAL: dict[str, Any] = {
     "reset_rate": 0.0,
     "rate_burst": 10,
     "generation_time": 0.05,
+    "retry_after_style": "ms",
+    "window_limit": None,
+    "quota_headers": "ietf",
 }
 
 
@@ -179,6 +209,7 @@ class Row:
     scenario: str
     client: str
     wall: float
+    floor: float
     ratio: float
     attempts_per_job: float
     lost: int
@@ -201,6 +232,11 @@ async def measure(base: URL, scenario: Scenario, client: str) -> Row:
         await _control(control, base, "reset")
         await asyncio.sleep(0.3)  # let the emulator's rate bucket refill
         jobs = [f"{client}-{i}" for i in range(scenario.jobs)]
+        floor = scenario.floor
+        if not floor:
+            # Start 0.05-0.7 s into a window; the last job is admitted two windows later.
+            await asyncio.sleep((random.uniform(0.05, 0.7) - time.time() % 1.0) % 1.0)
+            floor = math.floor(time.time()) + 2.0 - time.time()
         start = time.perf_counter()
         results = await asyncio.wait_for(CLIENTS[client](base, jobs), timeout=300)
         wall = time.perf_counter() - start
@@ -211,7 +247,8 @@ async def measure(base: URL, scenario: Scenario, client: str) -> Row:
         scenario.name,
         client,
         wall,
-        wall / scenario.floor,
+        floor,
+        wall / floor,
         stats["requests"] / scenario.jobs,
         results.count(False),
         stats["duplicates"],
@@ -221,15 +258,16 @@ async def measure(base: URL, scenario: Scenario, client: str) -> Row:
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        f"{'scenario':<24} {'client':<14} {'wall s':>7} {'x floor':>8} "
-        f"{'attempts/job':>13} {'429s':>6} {'lost':>5} {'dupes':>6}"
+        f"{'scenario':<26} {'client':<14} {'wall s':>7} {'floor s':>8} {'x floor':>8} "
+        f"{'+ s':>6} {'attempts/job':>13} {'429s':>6} {'lost':>5} {'dupes':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.scenario:<24} {r.client:<14} {r.wall:>7.2f} {r.ratio:>8.2f} "
-            f"{r.attempts_per_job:>13.2f} {r.throttled:>6} {r.lost:>5} {r.duplicates:>6}"
+            f"{r.scenario:<26} {r.client:<14} {r.wall:>7.2f} {r.floor:>8.2f} {r.ratio:>8.2f} "
+            f"{r.wall - r.floor:>+6.2f} {r.attempts_per_job:>13.2f} {r.throttled:>6} "
+            f"{r.lost:>5} {r.duplicates:>6}"
         )
 
 
@@ -252,14 +290,18 @@ async def main_async(clients: list[str], scenarios: list[Scenario], as_json: boo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated")
-    parser.add_argument("--scenarios", default="a,b,c", help="comma-separated: a, b, c")
+    parser.add_argument(
+        "--scenarios", default=",".join(LETTERS), help=f"comma-separated, of {LETTERS}"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="run each scenario this often")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     clients = [c for c in args.clients.split(",") if c]
     unknown = set(clients) - set(CLIENTS)
     if unknown:
         parser.error(f"unknown clients: {sorted(unknown)}")
-    picked = [SCENARIOS["abc".index(s)] for s in args.scenarios.split(",") if s in ("a", "b", "c")]
+    picked = [SCENARIOS[LETTERS.index(s)] for s in args.scenarios.split(",") if s and s in LETTERS]
+    picked = [s for s in picked for _ in range(args.runs)]
     # The peers log through stdlib logging / structlog: keep their per-retry warnings quiet.
     logging.basicConfig(level=logging.ERROR)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
