@@ -10,7 +10,12 @@ The scenarios and the peers' settings are ``benchmarks/throttling.py``'s, split 
 workers (the plan and rate limits belong to the key, not to a process):
 
 * plan: 4 workers x 100 jobs, plan limit 8 generations of 50 ms: floor 2.5 s.
-* rate: 4 workers x 75 jobs, 100 requests/s, burst 10, 429 with Retry-After: floor 2.9 s.
+* rate: 4 workers x 75 jobs, 100 requests/s, burst 10, 429 with Retry-After and
+  Retry-After-Ms: floor 2.9 s.
+* rate-seconds: the same with a whole-second Retry-After only.
+* window-x-unix: 4 x 75 jobs, a fixed window of 100 requests per wall-clock second announced in
+  X-RateLimit-* headers (Unix-time Reset): floor the start of the third window, the batch
+  starting 0.05-0.7 s into a second.
 
 Rows: resilience with the in-process store in each worker, resilience with one ``RedisStore``
 shared by the fleet, and stamina and tenacity in each worker (5 attempts, 0.5 s initial wait,
@@ -25,7 +30,9 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -55,7 +62,12 @@ LABELS: Final = {
     "stamina": "stamina per worker",
     "tenacity": "tenacity per worker",
 }
-SCENARIOS: Final = {"plan": throttling.SCENARIOS[0], "rate": throttling.SCENARIOS[1]}
+SCENARIOS: Final = {
+    "plan": throttling.SCENARIOS[0],
+    "rate": throttling.SCENARIOS[1],
+    "rate-seconds": throttling.SCENARIOS[3],
+    "window-x-unix": throttling.SCENARIOS[8],
+}
 
 
 # --------------------------------------------------------------------------- one worker
@@ -136,6 +148,8 @@ def run_fleet(
     control("configure", {**throttling.NEUTRAL, **spec.settings})
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     start_at = time.time() + 3.0  # every worker imported and ready: they start together
+    if not spec.floor:  # a fixed window: start 0.05-0.7 s into a second
+        start_at = math.floor(start_at) + 1.0 + random.uniform(0.05, 0.7)
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", kind, "--emulator", str(base),
@@ -158,7 +172,7 @@ def run_fleet(
         outs.append(json.loads(lines[-1].removeprefix("RESULT ")))
     stats = control("stats")
     jobs = per_worker * workers
-    floor = spec.floor
+    floor = spec.floor or math.floor(start_at) + 2.0 - start_at
     wall = max(o["ended"] for o in outs) - min(o["started"] for o in outs)
     by_code = stats["by_code"]
     trips: dict[str, int] = {}

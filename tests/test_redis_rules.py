@@ -9,6 +9,7 @@ the time given explicitly instead of read from Redis's clock.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -193,6 +194,75 @@ def test_the_pacing_rate_after_a_429_is_the_same(redis: Redis, n: int, span: flo
     )
     assert pacer.rate is not None
     assert milli[0] / 1000 == pytest.approx(pacer.rate, abs=0.001)
+
+
+# --------------------------------------------------------------------------- costly gates
+
+# the cost-aware rule's pieces: Lua call -> the Python rule's value
+COSTLY_PIECES = [
+    ("pace_ramp_start(12, 0.012, 1.0)", PACING.ramp_start(12, 0.012, 1.0)),
+    ("pace_ramp_start(500, 5.0, 1.0)", PACING.ramp_start(500, 5.0, 1.0)),
+    ("pace_ramp_start(0, 0.5, 2.0)", PACING.ramp_start(0, 0.5, 2.0)),
+    ("pace_ramp_rate(12, 0.3, 1.0)", PACING.ramp_rate(12, 0.3, 1.0)),
+    ("pace_ramp_rate(12, 1e9, 1.0)", PACING.ramp_rate(12, 1e9, 1.0)),
+    ("pace_ramp_limit(266, 1.0, 11)", PACING.ramp_limit(266, 1.0, 11)),
+    ("pace_ramp_limit(50, 1.0, 1e6)", PACING.ramp_limit(50, 1.0, 1e6)),
+    ("pace_ramp_limit(1000, 2.0, 3)", PACING.ramp_limit(1000, 2.0, 3)),
+    ("pace_held_fit(110, 1.0, 1.0, 10, 120)", PACING.held_fit(110, 1.0, 1.0, 10, 120)),
+    ("pace_held_fit(20, 0.1, 1.0, 10, 120) or -1", -1),
+    ("pace_grow(100, 1.5, 90, 95, 0.95, 2.0)", PACING.grow(100, 1.5, 90, 95, 0.95, 2.0)),
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), COSTLY_PIECES)
+def test_the_costly_gate_rule_is_the_same(redis: Redis, call: str, expected: float) -> None:
+    assert lua(redis, f"return cjson.encode({{{call}}})") == pytest.approx([expected])
+
+
+# (seconds, 429?, Retry-After s or None): answers fed in order -> the pacing rate after each
+COSTLY_RUNS = [
+    # whole-second gates: the first stretch's burst, a slow start, its 429, the hold
+    [(i / 1000, False, None) for i in range(12)]
+    + [(0.012, True, 1.0)]
+    + [(1.012 + i / 50, False, None) for i in range(20)]
+    + [(1.45, True, 1.0)]
+    + [(2.46 + i / 90, False, None) for i in range(60)],
+    # a millisecond gate stays botocore's, then a costly one
+    [(i / 100, False, None) for i in range(50)]
+    + [(0.5, True, 0.01)]
+    + [(0.52 + i / 80, False, None) for i in range(40)]
+    + [(1.1, True, 2.0)],
+]
+
+
+@pytest.mark.parametrize("run", COSTLY_RUNS)
+def test_the_pacer_follows_costly_gates_alike(redis: Redis, run: list[Any]) -> None:
+    clock = FakeClock(0.0)
+    pacer = RatePacer(clock=clock)
+    expected = []
+    for t, limited, retry_after in run:
+        clock.now = t
+        pacer.on_response(rate_limited=limited, retry_after=retry_after, epoch=pacer.epoch)
+        expected.append(-0.001 if pacer.rate is None else math.floor(pacer.rate * 1000) / 1000)
+    key = f"rules:costly:{len(run)}"
+    redis.delete(key)
+    got = json.loads(
+        redis.eval(
+            library() + "local key, out = KEYS[1], {}"
+            " for _, a in ipairs(cjson.decode(ARGV[1])) do"
+            "   local epoch = tonumber(redis.call('HGET', key, 'epoch')) or 0"
+            "   local _, milli = rate_response(key, a[1] * 1000, a[2], a[3] * 1000, epoch, 60000)"
+            "   out[#out + 1] = milli / 1000"
+            " end return cjson.encode(out)",
+            1,
+            key,
+            json.dumps([(t, limited, -0.001 if ra is None else ra) for t, limited, ra in run]),
+        )
+    )
+    # Lua rounds the rate to mrps on the way out; -1: not pacing
+    assert got == pytest.approx(
+        [e if e < 0 else math.floor(e * 1000) / 1000 for e in expected], abs=2e-3
+    )
 
 
 # --------------------------------------------------------------------------- retry budget

@@ -29,6 +29,7 @@ from resilience import (
     Signal,
     Store,
 )
+from resilience._quota import Quota
 from resilience.redis import RedisStore
 from resilience.redis._scripts import source
 from resilience.testing import Emulator
@@ -316,6 +317,45 @@ async def test_a_rate_limit_closes_the_gate_for_the_whole_namespace(
         assert time.monotonic() - started > 0.3
         admission.release()
         assert len([e for e in logs if e.get("event") == "resilience.gate"]) == 1
+
+
+async def test_a_spent_announced_quota_holds_the_whole_namespace_without_a_cut(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
+        admission = await a.admit(ORIGIN, None)
+        await admission.report(Feedback(Signal.SUCCESS, quota=Quota(10, None, 0, 0.4)))
+        admission.release()
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="gate"):
+            await b.admit(ORIGIN, started + 0.1)  # the other process is held too
+        admission = await b.admit(ORIGIN, None)
+        assert time.monotonic() - started > 0.3
+        admission.release()
+        key = f"resilience:{{{namespace}}}:rate:{ORIGIN}"
+        assert await raw.hget(key, "rate") is None  # a quota is no 429: no pacing started
+
+
+async def test_a_whole_second_retry_after_starts_the_shared_slow_start(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    async with RedisStore.from_url(server.url, namespace=namespace) as a:
+        for _ in range(12):
+            admission = await a.admit(ORIGIN, None)
+            await admission.report(Feedback(Signal.SUCCESS))
+            admission.release()
+        await a.drain()
+        admission = await a.admit(ORIGIN, None)
+        await admission.report(Feedback(Signal.RATE, 1.0))
+        admission.release()
+        fields = await raw.hgetall(f"resilience:{{{namespace}}}:rate:{ORIGIN}")
+    # A costly gate: a slow start from what got through per gate, not a CUBIC cut.
+    assert float(fields["rstart"]) == pytest.approx(12.0, rel=0.2)
+    assert float(fields["rgate"]) == 1.0
+    assert float(fields["burst"]) >= 12
 
 
 async def test_pacing_after_a_rate_limit_is_shared(

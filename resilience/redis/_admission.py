@@ -43,13 +43,21 @@ class SharedAdmission:
         return self.lease.released
 
     async def report(self, feedback: Feedback) -> None:
-        """Feed the answer in; successes ride on the release (no extra round trip)."""
+        """Feed the answer in; successes ride on the release (no extra round trip). An
+        announced quota that is spent holds the fleet until its reset (one round trip, only
+        then); the count between answers is this process's alone (see the README)."""
         signal, retry_after = feedback.signal, feedback.gate
         answer = _ANSWERS.get(signal)
-        if answer is not None:
+        quota = feedback.quota
+        spent = quota is not None and quota.remaining == 0 and quota.reset is not None
+        if answer is not None and not spent:
             self._answer = answer
             return
         store = self._store
+        kind = 1 if signal is Signal.CONCURRENCY else 2
+        if answer is not None:
+            assert quota is not None
+            self._answer, kind, retry_after = answer, 3, quota.reset
         if store._fallback.shared:
             lease = self.lease
             try:
@@ -57,7 +65,7 @@ class SharedAdmission:
                     "report",
                     "report",
                     store._keys.limit_keys(self.origin),
-                    [1 if signal is Signal.CONCURRENCY else 2, lease.id, lease.epoch,
+                    [kind, lease.id, lease.epoch,
                      -1 if retry_after is None else round(retry_after * 1000, 3),
                      self.rate_epoch, *store._settings.limit_args],
                     idempotent=False,
@@ -77,10 +85,12 @@ class SharedAdmission:
                         namespace=store.namespace,
                     )
                 return
-        if signal is Signal.RATE:
+        if signal is Signal.RATE or kind == 3:
             # Redis is gone: the server's Retry-After still closes this process's gate.
             pacer = store._fallback.local.pacer(self.origin)
-            pacer.on_response(rate_limited=True, retry_after=retry_after, epoch=pacer.epoch)
+            pacer.on_response(
+                rate_limited=kind != 3, retry_after=retry_after, epoch=pacer.epoch, quota=quota
+            )
 
     def release(self) -> None:
         """Return the lease with the next Redis call of this process (sent right away in a

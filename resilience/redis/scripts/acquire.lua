@@ -55,12 +55,18 @@ redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
 redis.call('PEXPIRE', workers, worker_ttl)
 local nworkers = redis.call('ZCARD', workers)
 
-local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttled')
+local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttled', 'rstart',
+                     'rsince', 'rgate')
 if rv[3] and now - (tonumber(rv[5]) or 0) > IDLE_RESET_MS then
   -- no 429 for a while: pacing off; the next burst goes at full speed and, if the limit is
   -- still there, learns it again from one 429 (RatePacer's idle_reset)
-  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail')
+  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail', 'cbeta', 'crec', 'openat',
+             'openok', 'burst', 'bsince', 'bspan', 'rstart', 'rsince', 'rgate')
   rv[3] = false
+elseif rv[3] and rv[6] then
+  -- a slow start grows with time (RatePacer.delay)
+  rv[3] = pace_ramp_rate(tonumber(rv[6]), (now - tonumber(rv[7])) / 1000, tonumber(rv[8]))
+  redis.call('HSET', rkey, 'rate', rv[3])
 end
 local blocked = tonumber(rv[1]) or 0
 local repoch = tonumber(rv[2]) or 0

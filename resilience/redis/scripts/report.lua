@@ -1,5 +1,7 @@
 -- A throttling answer, applied at once. KEYS: ctl permits order wake rate
--- ARGV: kind (1 = plan limit, 2 = rate limit) lease permit_epoch retry_after_ms rate_epoch
+-- ARGV: kind (1 = plan limit, 2 = rate limit, 3 = an announced quota spent: hold the origin
+--       until its reset, retry_after_ms, as a 429's gate but without a cut) lease
+--       permit_epoch retry_after_ms rate_epoch
 --       initial ceiling lease_ttl_ms state_ttl_ms
 -- -> {old_limit, new_limit, gate_closed, pace_milli_rps (-1: not pacing)}
 local ctl, permits, order, wake, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -26,6 +28,15 @@ if kind == 1 and tonumber(ARGV[3]) == st.epoch then
   st.dirty = true
 end
 if st.dirty then save_limit(ctl, st, state_ttl) end
+if kind == 3 then
+  local p = pacer_load(rkey)
+  local closed = pacer_close(p, now, now + tonumber(ARGV[4]))
+  pacer_save(rkey, p)
+  redis.call('PEXPIRE', rkey, state_ttl)
+  local milli = -1
+  if p.rate then milli = math.floor(p.rate * 1000) end
+  return {old, st.limit, closed, milli}
+end
 local closed, milli = rate_response(rkey, now, kind == 2, tonumber(ARGV[4]), tonumber(ARGV[5]),
                                     state_ttl)
 return {old, st.limit, closed, milli}
