@@ -224,7 +224,8 @@ class PacingRule:
         recovery = self.recovery if recovery is None else recovery
         scale = max(w_max * (1 - beta) / recovery**3, 1e-9)
         k = (w_max * (1 - beta) / scale) ** (1 / 3)
-        cubic = float(scale * (since_cut - k) ** 3 + w_max)
+        # A costly cut's curve starts when its gate opens: answers before that get the cut rate.
+        cubic = float(scale * (max(since_cut, 0.0) - k) ** 3 + w_max)
         return max(min(cubic, max(2.0 * measured, rate)), self.min_rate)
 
     def costly(self, gate: float | None) -> bool:
@@ -241,6 +242,12 @@ class PacingRule:
         """The slow start ``since_open`` s after the gate opened: doubling every gate/steps."""
         steps = min(max(0.0, since_open) * self.ramp_steps / gate, 20.0)
         return float(start * 2.0**steps)
+
+    def ramp_reached(self, start: float, gate: float, sent: int, rate: float) -> float:
+        """The rate a slow start really reached: ``rate`` if its sends kept up, else what its
+        ``sent`` sends imply (``sent = p * (R - start) / ln 2`` along the ramp): a fleet's or
+        a loaded client's senders lag the schedule."""
+        return min(rate, start + sent * math.log(2) * self.ramp_steps / gate)
 
     def ramp_limit(self, end_rate: float, gate: float, burst: float) -> float:
         """The server rate ``r`` the slow start most likely crossed, from where it drew its
@@ -274,7 +281,9 @@ class PacingRule:
         if span < self.fit_min_span * gate:
             return None
         fit = (ok - burst) / span
-        return fit if 0 < fit <= rate else None
+        # Below beta of the rate held, the stretch was not sent at that rate all along (the
+        # senders lagged): no evidence; cut as CUBIC does.
+        return fit if self.beta * rate <= fit <= rate else None
 
 
 PACING: Final = PacingRule()
@@ -584,9 +593,11 @@ class RatePacer:
         elif self._ramp is not None and current is not None and self._burst_est is not None:
             # The slow start drew its 429: the server's rate is where it began to drain the
             # burst. The first stretch's burst includes its rate's share: take that out.
-            estimate = rule.ramp_limit(current, self._ramp[2], self._burst_est)
+            start, _, ramp_gate = self._ramp
+            reached = rule.ramp_reached(start, ramp_gate, ok, current)
+            estimate = rule.ramp_limit(reached, ramp_gate, self._burst_est)
             burst = max(1.0, self._burst_est - estimate * self._burst_span)
-            self._hold(rule.ramp_limit(current, self._ramp[2], burst), reopen, rule.hold, gate)
+            self._hold(rule.ramp_limit(reached, ramp_gate, burst), reopen, rule.hold, gate)
         elif current is not None and self._cut_beta is not None:
             # Held near an estimate: fit the rate from the held stretch; one too short to tell
             # is cut as CUBIC does.

@@ -9,7 +9,6 @@ the time given explicitly instead of read from Redis's clock.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,8 @@ from redis import Redis
 
 from resilience._budget import RetryBudget, RetryBudgetSettings
 from resilience._concurrency import cut_limit, grow_limit
-from resilience._pacing import PACING, RatePacer
+from resilience._pacing import PACING, QuotaCount, RatePacer
+from resilience._quota import Quota
 from resilience.redis._scripts import constants, library, source
 from tests.redis_server import RedisServer
 
@@ -196,73 +196,68 @@ def test_the_pacing_rate_after_a_429_is_the_same(redis: Redis, n: int, span: flo
     assert milli[0] / 1000 == pytest.approx(pacer.rate, abs=0.001)
 
 
-# --------------------------------------------------------------------------- costly gates
+# --------------------------------------------------------------------------- announced quota
 
-# the cost-aware rule's pieces: Lua call -> the Python rule's value
-COSTLY_PIECES = [
-    ("pace_ramp_start(12, 0.012, 1.0)", PACING.ramp_start(12, 0.012, 1.0)),
-    ("pace_ramp_start(500, 5.0, 1.0)", PACING.ramp_start(500, 5.0, 1.0)),
-    ("pace_ramp_start(0, 0.5, 2.0)", PACING.ramp_start(0, 0.5, 2.0)),
-    ("pace_ramp_rate(12, 0.3, 1.0)", PACING.ramp_rate(12, 0.3, 1.0)),
-    ("pace_ramp_rate(12, 1e9, 1.0)", PACING.ramp_rate(12, 1e9, 1.0)),
-    ("pace_ramp_limit(266, 1.0, 11)", PACING.ramp_limit(266, 1.0, 11)),
-    ("pace_ramp_limit(50, 1.0, 1e6)", PACING.ramp_limit(50, 1.0, 1e6)),
-    ("pace_ramp_limit(1000, 2.0, 3)", PACING.ramp_limit(1000, 2.0, 3)),
-    ("pace_held_fit(110, 1.0, 1.0, 10, 120)", PACING.held_fit(110, 1.0, 1.0, 10, 120)),
-    ("pace_held_fit(20, 0.1, 1.0, 10, 120) or -1", -1),
-    ("pace_grow(100, 1.5, 90, 95, 0.95, 2.0)", PACING.grow(100, 1.5, 90, 95, 0.95, 2.0)),
-]
-
-
-@pytest.mark.parametrize(("call", "expected"), COSTLY_PIECES)
-def test_the_costly_gate_rule_is_the_same(redis: Redis, call: str, expected: float) -> None:
-    assert lua(redis, f"return cjson.encode({{{call}}})") == pytest.approx([expected])
+# steps: ("answer", now, seq, remaining, reset, limit, window) | ("take", now) | ("roll", now)
+# (seconds; None: not announced) -> (left, reset_at) after each step, Python and Lua alike
+QUOTA_RUNS = [
+    # an answer, then sends taken from what it says remains, then the reset
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.1), ("take", 0.1), ("roll", 1.0)],
+    # an answer overtaken by later ones says too much: the count only goes down
+    [("answer", 0.0, 0, 5, 1.0, 10, None), ("take", 0.0), ("take", 0.0),
+     ("answer", 0.1, 2, 2, 0.9, 10, None), ("answer", 0.1, 1, 4, 0.9, 10, None)],
+    # whole-second resets: the earliest named wins; a late answer from the old window is
+    # ignored after the reset
+    [("answer", 0.0, 0, 3, 1.0, 5, None), ("take", 0.2), ("answer", 0.3, 1, 2, 1.0, 5, None),
+     ("roll", 1.05), ("answer", 1.1, 1, 0, 0.0, 5, None), ("take", 1.2)],
+    # no window: after the reset nothing is known of the next one
+    [("answer", 0.0, 0, 0, 0.5, 4, None), ("roll", 0.6), ("take", 0.7)],
+]  # fmt: skip
 
 
-# (seconds, 429?, Retry-After s or None): answers fed in order -> the pacing rate after each
-COSTLY_RUNS = [
-    # whole-second gates: the first stretch's burst, a slow start, its 429, the hold
-    [(i / 1000, False, None) for i in range(12)]
-    + [(0.012, True, 1.0)]
-    + [(1.012 + i / 50, False, None) for i in range(20)]
-    + [(1.45, True, 1.0)]
-    + [(2.46 + i / 90, False, None) for i in range(60)],
-    # a millisecond gate stays botocore's, then a costly one
-    [(i / 100, False, None) for i in range(50)]
-    + [(0.5, True, 0.01)]
-    + [(0.52 + i / 80, False, None) for i in range(40)]
-    + [(1.1, True, 2.0)],
-]
-
-
-@pytest.mark.parametrize("run", COSTLY_RUNS)
-def test_the_pacer_follows_costly_gates_alike(redis: Redis, run: list[Any]) -> None:
-    clock = FakeClock(0.0)
-    pacer = RatePacer(clock=clock)
-    expected = []
-    for t, limited, retry_after in run:
-        clock.now = t
-        pacer.on_response(rate_limited=limited, retry_after=retry_after, epoch=pacer.epoch)
-        expected.append(-0.001 if pacer.rate is None else math.floor(pacer.rate * 1000) / 1000)
-    key = f"rules:costly:{len(run)}"
+@pytest.mark.parametrize("steps", QUOTA_RUNS)
+def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
+    count, sends, expected = QuotaCount(), 0, []
+    for step in steps:
+        kind, now = step[0], step[1]
+        if kind == "answer":
+            _, _, seq, remaining, reset, limit, window = step
+            count.roll(now, sends)
+            count.answer(Quota(limit, window, remaining, reset), seq or sends, sends, now)
+        elif kind == "take":
+            count.roll(now, sends)
+            if count.left is not None:
+                count.left -= 1
+                sends += 1
+        else:
+            count.roll(now, sends)
+        reset_at = -1.0 if count.reset_at is None else round(count.reset_at * 1000, 3)
+        expected += [-1 if count.left is None else count.left, reset_at]
+    key = f"rules:quota:{len(steps)}:{steps[0][1]}"
     redis.delete(key)
     got = json.loads(
         redis.eval(
             library() + "local key, out = KEYS[1], {}"
-            " for _, a in ipairs(cjson.decode(ARGV[1])) do"
-            "   local epoch = tonumber(redis.call('HGET', key, 'epoch')) or 0"
-            "   local _, milli = rate_response(key, a[1] * 1000, a[2], a[3] * 1000, epoch, 60000)"
-            "   out[#out + 1] = milli / 1000"
+            " local function none(x) if x == cjson.null then return -1 end return x end"
+            " for _, s in ipairs(cjson.decode(ARGV[1])) do"
+            "   local q = quota_load(key) local now = s[2] * 1000"
+            "   quota_roll(q, now)"
+            "   if s[1] == 'answer' then"
+            "     local seq = s[3] if seq <= 0 then seq = q.sends end"
+            "     local function ms(x) if x == cjson.null then return -1 end return x * 1000 end"
+            "     quota_answer(q, seq, s[4], ms(s[5]), none(s[6]), ms(s[7]), now)"
+            "   elseif s[1] == 'take' and q.qleft then"
+            "     q.qleft = q.qleft - 1 q.sends = q.sends + 1"
+            "   end"
+            "   quota_save(key, q)"
+            "   out[#out + 1] = q.qleft or -1 out[#out + 1] = q.qreset or -1"
             " end return cjson.encode(out)",
             1,
             key,
-            json.dumps([(t, limited, -0.001 if ra is None else ra) for t, limited, ra in run]),
+            json.dumps(steps),
         )
     )
-    # Lua rounds the rate to mrps on the way out; -1: not pacing
-    assert got == pytest.approx(
-        [e if e < 0 else math.floor(e * 1000) / 1000 for e in expected], abs=2e-3
-    )
+    assert got == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- retry budget

@@ -339,23 +339,26 @@ async def test_a_spent_announced_quota_holds_the_whole_namespace_without_a_cut(
         assert await raw.hget(key, "rate") is None  # a quota is no 429: no pacing started
 
 
-async def test_a_whole_second_retry_after_starts_the_shared_slow_start(
-    server: RedisServer, raw: Redis, namespace: str
+async def test_an_announced_quota_is_counted_down_by_the_whole_fleet(
+    server: RedisServer, namespace: str
 ) -> None:
-    async with RedisStore.from_url(server.url, namespace=namespace) as a:
-        for _ in range(12):
-            admission = await a.admit(ORIGIN, None)
-            await admission.report(Feedback(Signal.SUCCESS))
-            admission.release()
-        await a.drain()
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
         admission = await a.admit(ORIGIN, None)
-        await admission.report(Feedback(Signal.RATE, 1.0))
+        await admission.report(Feedback(Signal.SUCCESS, quota=Quota(10, None, 3, 0.6)))
         admission.release()
-        fields = await raw.hgetall(f"resilience:{{{namespace}}}:rate:{ORIGIN}")
-    # A costly gate: a slow start from what got through per gate, not a CUBIC cut.
-    assert float(fields["rstart"]) == pytest.approx(12.0, rel=0.2)
-    assert float(fields["rgate"]) == 1.0
-    assert float(fields["burst"]) >= 12
+        await a.drain()
+        for store in (b, a, b):  # the three the server said remain, from either process
+            admission = await store.admit(ORIGIN, None)
+            admission.release()
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="gate"):
+            await a.admit(ORIGIN, started + 0.1)  # spent: held until the reset, no 429 sent
+        admission = await b.admit(ORIGIN, None)  # the reset: the whole quota again
+        assert time.monotonic() - started > 0.3
+        admission.release()
 
 
 async def test_pacing_after_a_rate_limit_is_shared(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from .._events import GATE_EVENT, emit
+from .._quota import Quota
 from .._store import Admission, Feedback, Signal
 from ._connection import Unavailable
 from ._leases import Lease
@@ -26,17 +27,26 @@ _ANSWERS: Final = {Signal.SUCCESS: 1, Signal.OTHER: 2, Signal.FAILURE: 2}
 class SharedAdmission:
     """An attempt admitted by the fleet: a lease in the namespace's permits."""
 
-    __slots__ = ("_answer", "_store", "lease", "limit", "origin", "rate_epoch")
+    __slots__ = ("_answer", "_store", "lease", "limit", "origin", "rate_epoch", "seq")
 
     def __init__(
-        self, store: RedisStore, origin: str, lease: Lease, limit: int, rate_epoch: int
+        self,
+        store: RedisStore,
+        origin: str,
+        lease: Lease,
+        limit: int,
+        rate_epoch: int,
+        seq: int = 0,
     ) -> None:
         self._store = store
         self.origin = origin
         self.lease = lease
         self.limit = limit
         self.rate_epoch = rate_epoch  # the pacing epoch of the slot it was sent in
-        self._answer = 0  # what the release feeds in: 0 none, 1 success, 2 another answer
+        self.seq = seq  # the send's number in the fleet's quota count (0: not counting)
+        # What the release feeds in: 0 none, 1 success, 2 another answer; with the quota the
+        # answer announced: "answer|seq|remaining|reset_ms|limit|window_ms" (-1: not said).
+        self._answer: int | str = 0
 
     @property
     def released(self) -> bool:
@@ -50,14 +60,15 @@ class SharedAdmission:
         answer = _ANSWERS.get(signal)
         quota = feedback.quota
         spent = quota is not None and quota.remaining == 0 and quota.reset is not None
-        if answer is not None and not spent:
-            self._answer = answer
-            return
+        if answer is not None:
+            self._answer = answer if quota is None else self._with_quota(answer, quota)
+            if not spent:
+                return
         store = self._store
         kind = 1 if signal is Signal.CONCURRENCY else 2
         if answer is not None:
             assert quota is not None
-            self._answer, kind, retry_after = answer, 3, quota.reset
+            kind, retry_after = 3, quota.reset
         if store._fallback.shared:
             lease = self.lease
             try:
@@ -91,6 +102,18 @@ class SharedAdmission:
             pacer.on_response(
                 rate_limited=kind != 3, retry_after=retry_after, epoch=pacer.epoch, quota=quota
             )
+
+    def _with_quota(self, answer: int, quota: Quota) -> str:
+        def ms(seconds: float | None) -> float:
+            return -1 if seconds is None else round(seconds * 1000, 3)
+
+        def count(n: int | None) -> int:
+            return -1 if n is None else n
+
+        return (
+            f"{answer}|{self.seq}|{count(quota.remaining)}|{ms(quota.reset)}"
+            f"|{count(quota.limit)}|{ms(quota.window)}"
+        )
 
     def release(self) -> None:
         """Return the lease with the next Redis call of this process (sent right away in a

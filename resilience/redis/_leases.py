@@ -70,7 +70,9 @@ class Leases:
         self._on_limit = on_limit
         self._on_workers = on_workers
         self.held: dict[str, Lease] = {}
-        self.releasing: dict[str, tuple[str, int]] = {}  # lease -> (origin, answer), unsent
+        # lease -> (origin, answer), unsent; an answer that announced a quota is a string
+        # (see SharedAdmission.report)
+        self.releasing: dict[str, tuple[str, int | str]] = {}
         self.orphans: set[str] = set()
         self.flush_pending = False
 
@@ -80,7 +82,7 @@ class Leases:
     def grant(self, lease: Lease) -> None:
         self.held[lease.id] = lease
 
-    def finish(self, lease: Lease, origin: str, answer: int) -> None:
+    def finish(self, lease: Lease, origin: str, answer: int | str) -> None:
         """``lease``'s request is over: it waits to be returned with ``answer``."""
         self.held.pop(lease.id, None)
         self.releasing[lease.id] = (origin, answer)

@@ -39,11 +39,6 @@ def constants(rule: PacingRule = PACING) -> dict[str, float]:
         "WINDOW_MS": rule.window * 1000,
         "RATE_SLOTS": rule.window_slots,
         "MIN_SPAN_MS": rule.minimum_span * 1000,
-        "COSTLY_GATE_MS": rule.costly_gate * 1000,
-        "HOLD": rule.hold,
-        "PROBE_GATES": rule.probe_gates,
-        "RAMP_STEPS": rule.ramp_steps,
-        "FIT_MIN_SPAN": rule.fit_min_span,
         "REORDER_MS": REORDER * 1000,
         "BREAKER_BUCKETS": BREAKER_BUCKETS,
     }

@@ -250,7 +250,7 @@ class RedisStore:
             except BaseException:
                 self._forget(lease_id)  # cancelled mid-call: the script may have granted it
                 raise
-            status, value, epoch, limit, slot_epoch, workers, paced = (int(x) for x in reply)
+            status, value, epoch, limit, slot_epoch, workers, paced, seq = (int(x) for x in reply)
             self._last_limit, self._workers = limit, workers
             if paced and origin not in self._turns:
                 self._turns[origin] = asyncio.Lock()
@@ -261,7 +261,7 @@ class RedisStore:
                 self._leases.grant(lease)
                 self._start("heartbeat", self._heartbeat)
                 parking.wake_for_room(limit - value - 1)  # value: permits held before ours
-                return SharedAdmission(self, origin, lease, limit, slot_epoch)
+                return SharedAdmission(self, origin, lease, limit, slot_epoch, seq)
             parking.free_hint = 0
             if status == _WAIT:
                 await self._sleep_for(value / 1e6, deadline)
@@ -418,7 +418,7 @@ class RedisStore:
         assert isinstance(reply, list)
         return reply
 
-    def _return_lease(self, lease: Lease, origin: str, answer: int) -> None:
+    def _return_lease(self, lease: Lease, origin: str, answer: int | str) -> None:
         """A finished lease goes back with the next acquire, or a flush started here."""
         leases = self._leases
         if lease.local is not None:

@@ -4,12 +4,14 @@
 --       budget_ttl state_ttl_ms worker_ttl_ms [lease answer]...
 -- slot_epoch: -1, or the pacing epoch of the sending slot reserved by an earlier call (a send
 -- keeps the epoch of its slot, so sends scheduled before a cut do not cut again)
--- -> {0, ahead, epoch, limit, send_epoch, workers, paced}  granted; `ahead` permits were held
---    {1, wait_us, 0, limit, slot_epoch, workers, paced}    gate closed or paced: wait, call
---                                                          again with the slot's epoch
---    {2, expiry_us, 0, limit, slot_epoch, workers, paced}  every permit taken: wait for a
---                                                          wake-up (at most until the oldest
---                                                          lease expires)
+-- -> {0, ahead, epoch, limit, send_epoch, workers, paced, seq}  granted; `ahead` permits
+--                                                     were held; seq: the send's number
+--                                                     in the quota count (0: not counting)
+--    {1, wait_us, 0, limit, slot_epoch, workers, paced, 0}  gate closed, quota spent or paced:
+--                                                     wait, call again with the slot's epoch
+--    {2, expiry_us, 0, limit, slot_epoch, workers, paced, 0}  every permit taken: wait for a
+--                                                     wake-up (at most until the oldest
+--                                                     lease expires)
 -- paced: 1 while the origin's sends are paced or its gate is closed (the caller then
 -- reserves slots one at a time per process, so each reservation sees the current rate)
 local ctl, permits, order, wake, workers, bkey, rkey =
@@ -27,7 +29,7 @@ if redis.call('ZSCORE', permits, ARGV[1]) then
   local send_epoch = tonumber(ARGV[6])
   if send_epoch < 0 then send_epoch = tonumber(rv[2]) or 0 end
   return {0, math.max(0, redis.call('ZCARD', permits) - 1), tonumber(v[2]) or 0,
-          math.max(1, limit), send_epoch, redis.call('ZCARD', workers), paced}
+          math.max(1, limit), send_epoch, redis.call('ZCARD', workers), paced, 0}
 end
 local now = now_ms()
 local lease_ttl = tonumber(ARGV[3])
@@ -55,22 +57,20 @@ redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
 redis.call('PEXPIRE', workers, worker_ttl)
 local nworkers = redis.call('ZCARD', workers)
 
-local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttled', 'rstart',
-                     'rsince', 'rgate')
+local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttled')
 if rv[3] and now - (tonumber(rv[5]) or 0) > IDLE_RESET_MS then
   -- no 429 for a while: pacing off; the next burst goes at full speed and, if the limit is
   -- still there, learns it again from one 429 (RatePacer's idle_reset)
-  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail', 'cbeta', 'crec', 'openat',
-             'openok', 'burst', 'bsince', 'bspan', 'rstart', 'rsince', 'rgate')
+  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail')
   rv[3] = false
-elseif rv[3] and rv[6] then
-  -- a slow start grows with time (RatePacer.delay)
-  rv[3] = pace_ramp_rate(tonumber(rv[6]), (now - tonumber(rv[7])) / 1000, tonumber(rv[8]))
-  redis.call('HSET', rkey, 'rate', rv[3])
 end
+local q = quota_load(rkey)
+quota_roll(q, now)
+local counting = q.qleft ~= nil
 local blocked = tonumber(rv[1]) or 0
 local repoch = tonumber(rv[2]) or 0
-local gate = math.max(0, blocked - now)
+-- a spent quota holds the origin until its reset, as a closed gate does
+local gate = math.max(0, blocked - now, quota_wait(q, now))
 local paced = 0
 if rv[3] or gate > 0 then paced = 1 end
 local slot = tonumber(ARGV[6])
@@ -92,7 +92,8 @@ if slot < 0 or gate > 0 then
     slot = repoch
   end
   if wait > 0 then
-    return reply({1, math.ceil(wait * 1000), 0, st.limit, slot, nworkers, paced}, 0)
+    if q.qreset then quota_save(rkey, q) end
+    return reply({1, math.ceil(wait * 1000), 0, st.limit, slot, nworkers, paced, 0}, 0)
   end
 end
 
@@ -101,11 +102,19 @@ if ahead >= st.limit then
   local first = redis.call('ZRANGE', permits, 0, 0, 'WITHSCORES')
   local expiry = lease_ttl
   if first[2] then expiry = math.max(0, tonumber(first[2]) - now) end
-  return reply({2, math.ceil(expiry * 1000), 0, st.limit, slot, nworkers, paced}, 0)
+  if q.qreset then quota_save(rkey, q) end
+  return reply({2, math.ceil(expiry * 1000), 0, st.limit, slot, nworkers, paced, 0}, 0)
 end
 redis.call('ZADD', permits, now + lease_ttl, ARGV[1])
 redis.call('ZADD', order, now, ARGV[1])
 redis.call('PEXPIRE', permits, 2 * lease_ttl)
 redis.call('PEXPIRE', order, 2 * lease_ttl)
 redis.call('PEXPIRE', ctl, state_ttl)
-return reply({0, ahead, st.epoch, st.limit, send_epoch, nworkers, paced}, 1)
+local seq = 0
+if counting then
+  q.qleft = q.qleft - 1
+  q.sends = q.sends + 1
+  seq = q.sends
+end
+if counting or q.qreset then quota_save(rkey, q) end
+return reply({0, ahead, st.epoch, st.limit, send_epoch, nworkers, paced, seq}, 1)

@@ -7,55 +7,12 @@ local function pace_cut(measured, rate)
   return current, math.max(current * BETA, MIN_RATE)
 end
 
--- PacingRule.grow: a success `since_cut` seconds after the cut from `wmax` (to `beta` of it,
--- back there `recovery` s later; nil: the rule's own)
-local function pace_grow(wmax, since_cut, measured, rate, beta, recovery)
-  beta = beta or BETA
-  recovery = recovery or RECOVERY
-  local scale = math.max(wmax * (1 - beta) / (recovery ^ 3), 1e-9)
-  local k = (wmax * (1 - beta) / scale) ^ (1 / 3)
-  local cubic = scale * (since_cut - k) ^ 3 + wmax
+-- PacingRule.grow: a success `since_cut` seconds after the cut from `wmax`
+local function pace_grow(wmax, since_cut, measured, rate)
+  local scale = math.max(wmax * (1 - BETA) / (RECOVERY ^ 3), 1e-9)
+  local k = (wmax * (1 - BETA) / scale) ^ (1 / 3)
+  local cubic = scale * (math.max(since_cut, 0) - k) ^ 3 + wmax
   return math.max(math.min(cubic, math.max(2 * measured, rate)), MIN_RATE)
-end
-
--- PacingRule.ramp_start: the slow start after the first costly gate of `gate` s, from `ok`
--- successes in the `span` s stretch before it
-local function pace_ramp_start(ok, span, gate)
-  local upper = ok / math.max(span, MIN_SPAN_MS / 1000)
-  return math.max(MIN_RATE, math.min(ok / gate, BETA * upper))
-end
-
--- PacingRule.ramp_rate: the slow start `since_open` s after the gate opened
-local function pace_ramp_rate(start, since_open, gate)
-  local steps = math.min(math.max(0, since_open) * RAMP_STEPS / gate, 20)
-  return start * 2 ^ steps
-end
-
--- PacingRule.ramp_limit: the server rate the slow start crossed, from where it drew its 429
-local function pace_ramp_limit(end_rate, gate, burst)
-  local period = gate / RAMP_STEPS
-  local target = 0
-  if end_rate > 0 then target = burst / (period * end_rate) end
-  if target <= 0 or target >= 1 / math.log(2) then return end_rate end
-  local lo, hi = 1.0, 2 ^ 40
-  for _ = 1, 60 do
-    local mid = math.sqrt(lo * hi)
-    if ((mid - 1) / math.log(2) - math.log(mid) / math.log(2)) / mid < target then
-      lo = mid
-    else
-      hi = mid
-    end
-  end
-  return math.max(end_rate / lo, MIN_RATE)
-end
-
--- PacingRule.held_fit: a 429 while held at `rate`: burst + r * span got through (nil: the
--- stretch is too short to tell, or the fit makes no sense)
-local function pace_held_fit(ok, span, gate, burst, rate)
-  if span < FIT_MIN_SPAN * gate then return nil end
-  local fit = (ok - burst) / span
-  if fit > 0 and fit <= rate then return fit end
-  return nil
 end
 
 -- WindowRate (resilience/_pacing.py): responses per second (429s included) over the last
@@ -109,12 +66,10 @@ local function window_fields(w, out)
   return out
 end
 
--- The pacer's fields besides the window's (RatePacer's state): the gate, the cut counter, the
--- rate, the cut it grows from (wmax, lastfail, cbeta, crec: beta and recovery of a costly cut),
--- the open stretch (openat, openok), the server's burst (burst, bsince, bspan) and the slow
--- start (rstart, rsince, rgate).
-local PACER_FIELDS = {'blocked', 'epoch', 'rate', 'wmax', 'lastfail', 'cbeta', 'crec', 'openat',
-                      'openok', 'burst', 'bsince', 'bspan', 'rstart', 'rsince', 'rgate'}
+-- The pacer's fields besides the window's: the gate, the cut counter, the rate and the cut it
+-- grows from. The fleet paces by botocore's rule after any gate: RatePacer's rule for costly
+-- gates (slow start, estimate, hold) is not run here (see the README).
+local PACER_FIELDS = {'blocked', 'epoch', 'rate', 'wmax', 'lastfail'}
 
 local function pacer_load(key)
   local v = redis.call('HMGET', key, unpack(PACER_FIELDS))
@@ -123,7 +78,6 @@ local function pacer_load(key)
   p.blocked = p.blocked or 0
   p.epoch = p.epoch or 0
   p.wmax = p.wmax or 0
-  p.openok = p.openok or 0
   return p
 end
 
@@ -140,96 +94,42 @@ local function pacer_save(key, p)
   if #del > 0 then redis.call('HDEL', key, unpack(del)) end
 end
 
--- RatePacer._close: the gate closes until `untl`; the next stretch starts when it opens
+-- RatePacer._close: the gate closes until `untl`; 1 when it was open
 local function pacer_close(p, now, untl)
   if untl <= p.blocked then return 0 end
   local closed = 0
   if p.blocked <= now then closed = 1 end
   p.blocked = untl
-  p.openat, p.openok = untl, 0
   return closed
 end
 
--- RatePacer._hold: hold at `beta` of `estimate`, back at it `probe_gates` gate lengths later
-local function pacer_hold(p, estimate, since, beta, gate)
-  p.rstart, p.rsince, p.rgate = nil, nil, nil
-  p.cbeta, p.crec = beta, PROBE_GATES * gate
-  p.wmax = math.max(estimate, MIN_RATE)
-  p.lastfail = since
-  return math.max(p.wmax * beta, MIN_RATE)
-end
-
--- RatePacer._costly_cut (times in ms here, seconds in the rule)
-local function pacer_costly_cut(p, now, gate, span, ok)
-  local reopen = math.max(now, p.blocked)
-  if p.rstart and p.rate and p.burst then
-    local est = pace_ramp_limit(p.rate, p.rgate, p.burst)
-    local b = math.max(1, p.burst - est * p.bspan / 1000)
-    return pacer_hold(p, pace_ramp_limit(p.rate, p.rgate, b), reopen, HOLD, gate)
-  end
-  if p.rate and p.cbeta then
-    local fit = pace_held_fit(ok, span / 1000, gate, p.burst or 0, p.rate)
-    if fit then return pacer_hold(p, fit, reopen, HOLD, gate) end
-    return pacer_hold(p, p.rate, reopen, BETA, gate)
-  end
-  if p.burst == nil then
-    p.burst, p.bsince, p.bspan = math.max(ok, 1), now - span, span
-  end
-  local start = pace_ramp_start(ok, span / 1000, gate)
-  p.cbeta, p.crec = nil, nil
-  p.rstart, p.rsince, p.rgate = start, reopen, gate
-  return start
-end
-
--- The pacing rate now: the slow start grows with time, not only with answers
-local function pacer_rate(p, now)
-  if p.rstart and p.rate then return pace_ramp_rate(p.rstart, (now - p.rsince) / 1000, p.rgate) end
-  return p.rate
-end
-
--- One response into the origin's gate and pacer (RatePacer.on_response).
+-- One response into the origin's gate and pacer (RatePacer.on_response, cheap gates' rule).
 local function rate_response(key, now, limited, retry_after, epoch_sent, state_ttl)
   local p = pacer_load(key)
   local rate = p.rate
   local w = window_load(key)
   window_record(w, now)
-  if p.openat == nil then p.openat = now end
-  if not limited then
-    if now >= p.openat then
-      p.openok = p.openok + 1
-    elseif p.rstart and p.burst and not p.cbeta then
-      -- sent in the first stretch, answered after its 429: still the server's burst
-      p.burst = p.burst + 1
-      p.bspan = now - p.bsince
-    end
-  end
   local closed = 0
   local new_rate = nil
-  if limited then
+  local q = nil
+  if limited then q = quota_load(key) end
+  if limited and q.qleft ~= nil and q.qreset ~= nil then
+    -- counting an announced quota, a 429 means it is spent sooner than counted (other
+    -- clients, a race): hold until the reset and the 429's own gate; nothing to discover
+    q.qleft = 0
+    quota_save(key, q)
+    if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
+  elseif limited then
     redis.call('HSET', key, 'throttled', now)
-    if epoch_sent ~= p.epoch then
-      -- this round trip was already cut; its gate may still be longer
-      if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
-    else
+    if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
+    if epoch_sent == p.epoch then
       -- a cut, at most once per round trip: only sends paced since the last cut may cut
       p.epoch = p.epoch + 1
-      local span, ok = now - p.openat, p.openok
-      if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
-      if retry_after >= COSTLY_GATE_MS then
-        new_rate = pacer_costly_cut(p, now, retry_after / 1000, span, ok)
-      else
-        p.rstart, p.rsince, p.rgate, p.cbeta, p.crec = nil, nil, nil, nil, nil
-        p.wmax, new_rate = pace_cut(window_rate(w, now), rate)
-        p.lastfail = now
-      end
+      p.wmax, new_rate = pace_cut(window_rate(w, now), rate)
+      p.lastfail = now
     end
   elseif rate then
-    if p.rstart then
-      new_rate = pacer_rate(p, now)
-    else
-      new_rate = pace_grow(p.wmax, (now - (p.lastfail or now)) / 1000, window_rate(w, now), rate,
-                           p.cbeta, p.crec)
-    end
+    new_rate = pace_grow(p.wmax, (now - (p.lastfail or now)) / 1000, window_rate(w, now), rate)
   end
   if new_rate then
     -- a new rate spaces the sends scheduled from now on; those already scheduled keep their

@@ -34,12 +34,13 @@ end
 
 -- Return leases given as (lease id, answer) pairs from args[first] on, the answer being 0
 -- (none: a transport error), 1 (a success) or 2 (another answer that hit no limit), after
--- feeding the answers in: aimd_grow for a success, the pacer for any answer.
+-- feeding the answers in: aimd_grow for a success, the pacer for any answer, the quota count
+-- for an answer that announced one (quota_parse).
 -- Returns how many of the leases were still held.
 local function release_leases(st, permits, order, rkey, ceiling, args, first, now, state_ttl)
   local removed = 0
   for i = first, #args - 1, 2 do
-    local lease, answer = args[i], tonumber(args[i + 1])
+    local lease, answer, quota = args[i], quota_parse(args[i + 1])
     local in_flight = redis.call('ZCARD', permits)
     redis.call('ZREM', order, lease)
     -- only a lease still held counts: a release run twice (a retried call) or of an expired
@@ -53,6 +54,14 @@ local function release_leases(st, permits, order, rkey, ceiling, args, first, no
         end
       end
       if answer > 0 then rate_response(rkey, now, false, -1, -1, state_ttl) end
+      if quota then
+        local q = quota_load(rkey)
+        quota_roll(q, now)
+        local seq = quota[1]
+        if seq <= 0 then seq = q.sends end  -- sent before counting began: the latest
+        quota_answer(q, seq, quota[2], quota[3], quota[4], quota[5], now)
+        quota_save(rkey, q)
+      end
     end
   end
   return removed
