@@ -243,12 +243,6 @@ class PacingRule:
         steps = min(max(0.0, since_open) * self.ramp_steps / gate, 20.0)
         return float(start * 2.0**steps)
 
-    def ramp_reached(self, start: float, gate: float, sent: int, rate: float) -> float:
-        """The rate a slow start really reached: ``rate`` if its sends kept up, else what its
-        ``sent`` sends imply (``sent = p * (R - start) / ln 2`` along the ramp): a fleet's or
-        a loaded client's senders lag the schedule."""
-        return min(rate, start + sent * math.log(2) * self.ramp_steps / gate)
-
     def ramp_limit(self, end_rate: float, gate: float, burst: float) -> float:
         """The server rate ``r`` the slow start most likely crossed, from where it drew its
         429.
@@ -593,11 +587,10 @@ class RatePacer:
         elif self._ramp is not None and current is not None and self._burst_est is not None:
             # The slow start drew its 429: the server's rate is where it began to drain the
             # burst. The first stretch's burst includes its rate's share: take that out.
-            start, _, ramp_gate = self._ramp
-            reached = rule.ramp_reached(start, ramp_gate, ok, current)
-            estimate = rule.ramp_limit(reached, ramp_gate, self._burst_est)
+            ramp_gate = self._ramp[2]
+            estimate = rule.ramp_limit(current, ramp_gate, self._burst_est)
             burst = max(1.0, self._burst_est - estimate * self._burst_span)
-            self._hold(rule.ramp_limit(reached, ramp_gate, burst), reopen, rule.hold, gate)
+            self._hold(rule.ramp_limit(current, ramp_gate, burst), reopen, rule.hold, gate)
         elif current is not None and self._cut_beta is not None:
             # Held near an estimate: fit the rate from the held stretch; one too short to tell
             # is cut as CUBIC does.
