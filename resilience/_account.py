@@ -165,7 +165,9 @@ class AccountStops:
         detail: str | None,
     ) -> None:
         """An answer came for a request sent with these credentials."""
-        if code is not None and code in self.settings.codes and status is not None:
+        if self.is_stop(status, code):
+            assert status is not None
+            assert code is not None
             self._entries.pop(key, None)  # re-inserted last: the oldest is evicted first
             stop = Stopped(status, code, detail, now, now + self.settings.recheck_interval)
             self._entries[key] = _Entry(stop)
@@ -175,6 +177,10 @@ class AccountStops:
             # Only an answer to a request sent after the stop proves the account is back: one
             # that was already in flight may have been admitted before the credits ran out.
             self._entries.pop(key, None)
+
+    def is_stop(self, status: int | None, code: str | None) -> bool:
+        """Is this answer an account-level stop (it says so for every request of the key)?"""
+        return code is not None and code in self.settings.codes and status is not None
 
     def abandon(self, key: bytes, go: Go) -> None:
         """The recheck ended without an answer (cancelled, transport error): free its slot."""
@@ -188,20 +194,30 @@ class AccountStops:
 
 class AccountGuard:
     """The account stop as one logical request meets it: checked before each attempt, told
-    how each ended. Credentials are digested once, when the guard is made."""
+    how each ended. The credentials are digested only when that matters: while some account
+    is stopped, or when an answer stops this one (most requests never pay for the digest)."""
 
-    __slots__ = ("_go", "_key", "_stops")
+    __slots__ = ("_go", "_headers", "_key", "_origin", "_stops", "_url")
 
     def __init__(
         self, stops: AccountStops, origin: str, headers: Mapping[str, str], url: URL
     ) -> None:
         self._stops = stops
-        self._key = credentials_key(origin, headers, url, stops.settings.credential_headers)
+        self._origin, self._headers, self._url = origin, headers, url
+        self._key: bytes | None = None
         self._go: Go | None = None
+
+    def _digest(self) -> bytes:
+        key = self._key
+        if key is None:
+            names = self._stops.settings.credential_headers
+            key = self._key = credentials_key(self._origin, self._headers, self._url, names)
+        return key
 
     def check(self, now: float) -> Stopped | None:
         """None: send the attempt. A :class:`Stopped`: fail it unsent."""
-        decision = self._stops.check(self._key, now)
+        stops = self._stops
+        decision = stops.check(self._digest(), now) if len(stops) else _SEND
         if isinstance(decision, Stopped):
             self._go = None
             return decision
@@ -214,6 +230,7 @@ class AccountGuard:
         if go is None:
             return
         if status is None:
-            self._stops.abandon(self._key, go)
-        else:
-            self._stops.record(self._key, go, now, status=status, code=code, detail=detail)
+            if go.recheck:
+                self._stops.abandon(self._digest(), go)
+        elif go.recheck or self._stops.is_stop(status, code):
+            self._stops.record(self._digest(), go, now, status=status, code=code, detail=detail)

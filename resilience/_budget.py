@@ -96,7 +96,10 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """A logical request was made."""
-        self._deposits[self._advance()] += 1.0
+        second = math.floor(self._clock())
+        # Within the current second (nearly always): one slot to bump, nothing to expire.
+        slot = second % self._slots if second == self._second else self._advance()
+        self._deposits[slot] += 1.0
 
     def try_withdraw(self) -> bool:
         """May a failed attempt be retried? Takes one token if so."""

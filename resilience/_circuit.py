@@ -48,6 +48,15 @@ class BreakerRule(Protocol):
         """The attempt ended unanswered; synchronous (it runs from ``release``)."""
         ...
 
+    def admit_now(self, origin: str) -> Admit | None:
+        """``admit(origin, None, commit=True)`` when the rule can answer without an await;
+        None when it cannot (a shared rule asks Redis)."""
+        ...
+
+    def record_now(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool | None:
+        """``record`` without an await; None when the rule cannot (nothing was recorded)."""
+        ...
+
     def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
         """(state, when it probes, the last failure's code) as last seen here."""
         ...
@@ -77,6 +86,12 @@ class LocalBreakers:
 
     def abandon(self, origin: str, ticket: Pass) -> bool:
         return self.breaker(origin).abandon(ticket)
+
+    def admit_now(self, origin: str) -> Admit | None:
+        return self.breaker(origin).admit(self._clock(), None, commit=True)
+
+    def record_now(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool | None:
+        return self.breaker(origin).record(ticket, tally, self._clock(), code)
 
     def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
         breaker = self.breaker(origin)
@@ -200,6 +215,39 @@ class Circuit:
         finally:
             if not event.is_set():
                 here.waiters.remove(event)
+
+    def try_pass(self, origin: str) -> CircuitTicket | None:
+        """A ticket at once when ``origin``'s breaker is closed, nobody is held and the rule
+        answers without an await; None: go through :meth:`enter` and :meth:`commit`."""
+        here = self._origins.get(origin)
+        if (
+            here is None
+            or here.waiters
+            or here.state is not BreakerState.CLOSED
+            or not here.ramp.may_send()
+        ):
+            return None
+        decision = self.rule.admit_now(origin)
+        if not isinstance(decision, Pass):
+            return None  # held (a suspected outage), or the rule asks Redis: the slow path
+        if decision.probe:  # the breaker moved on since we looked: not the happy path
+            self.rule.abandon(origin, decision)
+            return None
+        here.ramp.sent()
+        return CircuitTicket(origin, decision, 0.0)
+
+    def report_now(self, ticket: CircuitTicket, tally: Tally, code: str | None) -> bool:
+        """:meth:`report` without an await; False when the rule needs one (nothing done)."""
+        if ticket.ended:
+            return True
+        changed = self.rule.record_now(ticket.origin, ticket.decision, tally, code)
+        if changed is None:
+            return False
+        ticket.ended = True
+        here = self._origin(ticket.origin)
+        grew = here.ramp.ended(tally)
+        self._after(ticket.origin, here, changed=changed, grew=grew)
+        return True
 
     async def report(self, ticket: CircuitTicket, tally: Tally, code: str | None) -> None:
         if ticket.ended:

@@ -192,7 +192,8 @@ class AdaptiveLimiter:
             in_flight=len(self._in_flight),
             ceiling=self.ceiling,
         )
-        self._set_limit(limit, "slow_start" if self._slow_start else "grow")
+        if limit != self._limit:
+            self._set_limit(limit, "slow_start" if self._slow_start else "grow")
 
     def on_concurrency_exceeded(self, permit: ConcurrencyPermit) -> None:
         # Completions from now on may wake it (see wait_for_release); earlier ones freed slots

@@ -206,10 +206,19 @@ class RequestPolicy:
         "throttles",
     )
 
-    def __init__(self, settings: Settings, *, method: str, keyed: bool, body: object) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        method: str,
+        keyed: bool,
+        body: object,
+        start: float | None = None,
+    ) -> None:
         self.settings = settings
         max_elapsed = settings.max_elapsed
-        self.deadline = time.monotonic() + max_elapsed if max_elapsed is not None else None
+        began = time.monotonic() if start is None else start  # when the logical request began
+        self.deadline = began + max_elapsed if max_elapsed is not None else None
         self.failures = 0  # attempts that count toward max_attempts
         self.throttles = 0  # throttled and not-ready attempts
         self.last: Verdict | None = None  # the last answer's verdict, for errors and logs
@@ -314,8 +323,12 @@ class RequestPolicy:
 
 
 _OK: Final = Decision(Outcome.OK)
+OK_DECISION: Final = _OK
+"""What follows a plain success (no quota announced): return it. The loop takes it, and reports
+the success with ``Admission.succeeded()``, without asking the policy."""
 _BUDGET_SPENT: Final = Decision(Outcome.GIVE_UP, reason="retry_budget")
 _SUCCESS: Final = Feedback(Signal.SUCCESS)
+SUCCESS_FEEDBACK: Final = _SUCCESS
 DEADLINE_DECISION: Final = Decision(Outcome.GIVE_UP, reason="deadline")
 CIRCUIT_OPEN_DECISION: Final = Decision(Outcome.GIVE_UP, reason="circuit_open")
 """The decision logged for an attempt refused by an open circuit breaker (unsent)."""

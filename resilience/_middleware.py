@@ -12,9 +12,9 @@ import asyncio
 import contextvars
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import aiohttp
 import anyio
@@ -36,7 +36,9 @@ from ._decide import (
     CIRCUIT_OPEN_DECISION,
     DEADLINE_DECISION,
     HELD_DECISION,
+    OK_DECISION,
     OK_ENDING,
+    SUCCESS_FEEDBACK,
     Decision,
     Ending,
     RequestPolicy,
@@ -68,12 +70,23 @@ _HANDLING: contextvars.ContextVar[ClientRequest | None] = contextvars.ContextVar
 )
 
 
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_IDS: list[str] = []  # request IDs made ahead: one getrandom() call per 256 requests
+# A forked child must not hand out its parent's IDs.
+os.register_at_fork(after_in_child=_IDS.clear)
+
+
 def new_request_id() -> str:
     """A random (version 4) UUID as 32 hex digits: ``uuid.uuid4().hex``, without the UUID."""
-    n = int.from_bytes(os.urandom(16), "big")
-    n = (n & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
-    n = (n & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
-    return f"{n:032x}"
+    if not _IDS:
+        pool = os.urandom(16 * 256).hex()
+        _IDS.extend(
+            # version 4 in the 13th digit, the RFC 4122 variant in the 17th
+            f"{pool[i : i + 12]}4{pool[i + 13 : i + 16]}{_VARIANT[pool[i + 16]]}"
+            f"{pool[i + 17 : i + 32]}"
+            for i in range(0, len(pool), 32)
+        )
+    return _IDS.pop()
 
 
 MAX_ELAPSED_LIMIT: Final = 366 * 86400.0  # a year: a longer deadline is a typo, not a plan
@@ -229,35 +242,39 @@ class ResilienceMiddleware:
     def __repr__(self) -> str:
         return f"ResilienceMiddleware({self.settings!r}, store={self.store!r})"
 
-    async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    def __call__(
+        self, req: ClientRequest, handler: ClientHandlerType
+    ) -> Coroutine[Any, Any, ClientResponse]:
+        # A plain function returning the loop's coroutine: aiohttp awaits it, and the happy
+        # path pays for one coroutine, not two.
         if _HANDLING.get() is req:
             # An outer resilience middleware runs this very request: it retries, we must not
             # (3 x 3 attempts otherwise). Another request sent from inside is not this one.
-            return await handler(req)
+            return _passthrough(req, handler)
         stale = _GAVE_UP.get()
         if stale is not None:
             _GAVE_UP.set(None)  # one-shot, whatever comes next
             task, method, url, exc = stale
             if task is asyncio.current_task() and method == req.method and url == str(req.url):
                 raise exc
-        token = _HANDLING.set(req)
-        try:
-            return await _Call(self, req, handler).run()
-        finally:
-            _HANDLING.reset(token)
+        return _Call(self, req, handler).run()
+
+
+async def _passthrough(req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    return await handler(req)
 
 
 class _Call:
     """One logical request (one redirect hop) through the loop."""
 
     __slots__ = (
+        "_policy",
         "account",
         "attempt",
         "handler",
         "hooks",
         "mw",
         "origin",
-        "policy",
         "req",
         "request_id",
         "start",
@@ -280,104 +297,143 @@ class _Call:
         self.request_id = request_id
         self.hooks = mw.hooks
         self.origin = ""
-        settings = mw.settings
-        self.testing = testing = _testmode.state.mode
-        if testing is not None and testing.attempts is not None:
-            settings = replace(settings, max_attempts=testing.attempts)
-        self.policy = RequestPolicy(
-            settings,
-            method=req.method,
-            keyed="Idempotency-Key" in req.headers,
-            body=req.body,
-        )
+        self.testing = _testmode.state.mode
+        self._policy: RequestPolicy | None = None  # made on first need: most requests succeed
+
+    @property
+    def policy(self) -> RequestPolicy:
+        policy = self._policy
+        if policy is None:
+            settings, testing, req = self.mw.settings, self.testing, self.req
+            if testing is not None and testing.attempts is not None:
+                settings = replace(settings, max_attempts=testing.attempts)
+            policy = self._policy = RequestPolicy(
+                settings,
+                method=req.method,
+                keyed="Idempotency-Key" in req.headers,
+                body=req.body,
+                start=self.start,
+            )
+        return policy
 
     async def run(self) -> ClientResponse:
-        store, req, policy = self.store, self.req, self.policy
-        origin = self.origin = self.mw._origin_of(req.url)
-        hooks, testing = self.hooks, self.testing
-        accounts = self.mw.accounts
-        account = None if accounts is None else AccountGuard(accounts, origin, req.headers, req.url)
-        await store.deposit_request()
-        while True:
-            self.attempt += 1
-            began = time.monotonic()
-            try:
-                admission = await store.admit(origin, policy.deadline)
-            except DeadlineExceeded as exc:
-                unsent = Ending(Verdict(Handling.TRANSIENT, error=type(exc).__name__))
-                self._log(unsent, DEADLINE_DECISION, began, None, None, None, None)
-                raise policy.deadline_error(
-                    exc, request_id=self.request_id, attempts=self.attempt - 1
-                ) from None
-            except CircuitOpen as exc:
-                self._log(CIRCUIT_ENDING, CIRCUIT_OPEN_DECISION, began, None, None, None, None)
-                raise policy.circuit_error(
-                    exc, request_id=self.request_id, attempts=self.attempt - 1
-                ) from None
-            # Checked once the permit is held, just before the send: a stop answer that came
-            # while this attempt waited for its permit still stops it.
-            if account is not None and (stopped := account.check(time.monotonic())) is not None:
-                admission.release()
-                raise self._account_stopped(stopped, began)
-            if getattr(admission, "held", 0.0):  # it waited unsent at the circuit breaker
-                self._log(CIRCUIT_ENDING, HELD_DECISION, began, None, None, None, None)
-            sent_at = time.monotonic()
-            start: AttemptStart | None = None
-            resp: ClientResponse | None = None
-            error: BaseException | None = None
-            ending: Ending = OK_ENDING
-            try:
-                if hooks is not None:
-                    start = self._start(admission, sent_at - began)
-                resp = await self.handler(req)
-            except BaseException as exc:
-                transport = transport_ending(exc)
-                if transport is None:  # not a transport error: a bug or an interrupt, not ours
+        token = _HANDLING.set(self.req)  # an inner resilience middleware passes it through
+        try:
+            store, req = self.store, self.req
+            origin = self.origin = self.mw._origin_of(req.url)
+            hooks, testing = self.hooks, self.testing
+            accounts = self.mw.accounts
+            account = (
+                None if accounts is None else AccountGuard(accounts, origin, req.headers, req.url)
+            )
+            store.deposit_request()
+            first = True
+            while True:
+                self.attempt += 1
+                now = self.start if first else time.monotonic()
+                # The happy path: a permit at once, with no await (the breaker closed, the
+                # gate open, no pacing, a slot free); else admit() waits for one.
+                admission = store.try_admit(origin) if first else None
+                first = False
+                if admission is None:
+                    admission, began, sent_at = await self._admit(origin, now)
+                else:
+                    began = sent_at = now
+                # Checked once the permit is held, just before the send: a stop answer that
+                # came while this attempt waited for its permit still stops it.
+                if account is not None and (stopped := account.check(sent_at)) is not None:
+                    admission.release()
+                    raise self._account_stopped(stopped, began)
+                start: AttemptStart | None = None
+                resp: ClientResponse | None = None
+                error: BaseException | None = None
+                ending: Ending = OK_ENDING
+                try:
+                    if hooks is not None:
+                        start = self._start(admission, sent_at - began)
+                    resp = await self.handler(req)
+                except BaseException as exc:
+                    transport = transport_ending(exc)
+                    if transport is None:  # not a transport error: a bug or an interrupt
+                        admission.release()
+                        if account is not None:
+                            account.ended(time.monotonic(), None, None, None)
+                        self._abandon(start, exc, began, sent_at)
+                        raise
+                    ending, error = transport, exc
+                try:
+                    quota = None
+                    if resp is not None:
+                        if resp.status >= 400:
+                            ending = await self._classify(resp)
+                        quota = read_quota(resp.headers)
+                    if account is not None:
+                        verdict = ending.verdict
+                        status = resp.status if resp is not None else None
+                        account.ended(time.monotonic(), status, verdict.code, verdict.detail)
+                    feedback: Feedback | None
+                    if (
+                        ending is OK_ENDING
+                        and quota is None
+                        and testing is None
+                        and admission.succeeded()
+                    ):
+                        feedback, decision = SUCCESS_FEEDBACK, OK_DECISION
+                    else:
+                        policy = self.policy
+                        feedback = policy.feedback(ending, quota)
+                        if testing is not None and feedback is not None:
+                            feedback = _testmode.limits_feedback(testing, feedback)
+                        if feedback is not None:
+                            await admission.report(feedback)
+                        decision = await policy.decide(ending, store.try_retry)
+                        if testing is not None:
+                            decision = _testmode.next_decision(testing, decision)
+                except BaseException as exc:
+                    if resp is not None:
+                        resp.close()
                     admission.release()
                     if account is not None:
                         account.ended(time.monotonic(), None, None, None)
-                    self._abandon(start, exc, began, sent_at)
+                    if not self._log_cut_off(exc, began, sent_at, resp, start):
+                        self._abandon(start, exc, began, sent_at)
                     raise
-                ending, error = transport, exc
-            try:
+                self._log(ending, decision, began, sent_at, resp, start, feedback)
+                if decision.wait is Wait.NONE:
+                    if resp is not None:
+                        return self._finish(resp, ending.verdict, admission)
+                    admission.release()
+                    assert error is not None
+                    if compat.aiohttp_will_resend(req, error):
+                        _GAVE_UP.set((asyncio.current_task(), req.method, str(req.url), error))
+                    raise error
                 if resp is not None:
-                    ending = await self._classify(resp)
-                if account is not None:
-                    verdict = ending.verdict
-                    status = resp.status if resp is not None else None
-                    account.ended(time.monotonic(), status, verdict.code, verdict.detail)
-                feedback = policy.feedback(
-                    ending, read_quota(resp.headers) if resp is not None else None
-                )
-                if testing is not None and feedback is not None:
-                    feedback = _testmode.limits_feedback(testing, feedback)
-                if feedback is not None:
-                    await admission.report(feedback)
-                decision = await policy.decide(ending, store.try_retry)
-                if testing is not None:
-                    decision = _testmode.next_decision(testing, decision)
-            except BaseException as exc:
-                if resp is not None:
-                    resp.close()
+                    _discard(resp)
                 admission.release()
-                if account is not None:
-                    account.ended(time.monotonic(), None, None, None)
-                if not self._log_cut_off(exc, began, sent_at, resp, start):
-                    self._abandon(start, exc, began, sent_at)
-                raise
-            self._log(ending, decision, began, sent_at, resp, start, feedback)
-            if decision.wait is Wait.NONE:
-                if resp is not None:
-                    return self._finish(resp, ending.verdict, admission)
-                admission.release()
-                assert error is not None
-                if compat.aiohttp_will_resend(req, error):
-                    _GAVE_UP.set((asyncio.current_task(), req.method, str(req.url), error))
-                raise error
-            if resp is not None:
-                _discard(resp)
-            admission.release()
-            await self._wait(decision, admission)
+                await self._wait(decision, admission)
+        finally:
+            _HANDLING.reset(token)
+
+    async def _admit(self, origin: str, began: float) -> tuple[Admission, float, float]:
+        """Wait for an admission (the happy path had none): (the handle, when the wait began,
+        when it ended). Raises the request's error when none comes in time."""
+        policy = self.policy
+        try:
+            admission = await self.store.admit(origin, policy.deadline)
+        except DeadlineExceeded as exc:
+            unsent = Ending(Verdict(Handling.TRANSIENT, error=type(exc).__name__))
+            self._log(unsent, DEADLINE_DECISION, began, None, None, None, None)
+            raise policy.deadline_error(
+                exc, request_id=self.request_id, attempts=self.attempt - 1
+            ) from None
+        except CircuitOpen as exc:
+            self._log(CIRCUIT_ENDING, CIRCUIT_OPEN_DECISION, began, None, None, None, None)
+            raise policy.circuit_error(
+                exc, request_id=self.request_id, attempts=self.attempt - 1
+            ) from None
+        if getattr(admission, "held", 0.0):  # it waited unsent at the circuit breaker
+            self._log(CIRCUIT_ENDING, HELD_DECISION, began, None, None, None, None)
+        return admission, began, time.monotonic()
 
     def _log_cut_off(
         self,

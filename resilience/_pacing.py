@@ -96,7 +96,8 @@ class WindowRate:
         if self._first is None:
             self._first = now
             self._slot = int(now / self._slot_len)
-        self._advance(now)
+        elif int(now / self._slot_len) != self._slot:
+            self._advance(now)
         self._counts[self._slot % len(self._counts)] += 1
 
     def rate(self, now: float) -> float:
@@ -391,7 +392,7 @@ class RatePacer:
         self._cut_recovery: float | None = None
         self._bucket: TokenBucket | None = None
         self._last_throttle = now
-        self._epoch = 0
+        self.epoch = 0  # the cut counter: one cut per round trip (read on every admission)
         # The open stretch: since when the gate is open (None: from the next answer) and what
         # got through since; the server's burst, measured by the first stretch.
         self._open_at: float | None = None
@@ -415,10 +416,6 @@ class RatePacer:
     def rate(self) -> float | None:
         """The pacing rate in requests/s, or None while pacing is off."""
         return self._bucket.rate if self._bucket is not None else None
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
 
     @property
     def quota_left(self) -> int | None:
@@ -534,12 +531,12 @@ class RatePacer:
             return closed
         if rate_limited:
             self._last_throttle = now
-            if epoch != self._epoch:
+            if epoch != self.epoch:
                 # This round trip was already cut; its gate may still be longer.
                 if retry_after is not None:
                     closed = self._close(now + retry_after) or closed
                 return closed
-            self._epoch += 1
+            self.epoch += 1
             stretch = (now - self._open_at, self._open_ok)
             if retry_after is not None:
                 closed = self._close(now + retry_after) or closed

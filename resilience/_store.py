@@ -76,6 +76,12 @@ class Admission(Protocol):
         """Feed the attempt's answer into the limits (AIMD step, gate, pacing rate)."""
         ...
 
+    def succeeded(self) -> bool:
+        """Report a plain success (``report(Feedback(Signal.SUCCESS))``: no quota announced)
+        without an await, as concurrency-limits' ``Listener.onSuccess``: the happy path's.
+        False when this handle cannot (its answer must travel): then call :meth:`report`."""
+        ...
+
     def release(self) -> None:
         """Return the permit. Synchronous and idempotent: it runs from connection callbacks."""
         ...
@@ -108,7 +114,13 @@ class Store(Protocol):
         """
         ...
 
-    async def deposit_request(self) -> None:
+    def try_admit(self, origin: str) -> Admission | None:
+        """The handle at once, without an await, when nothing needs a wait (gate open, no
+        pacing, a permit free); None: call :meth:`admit`. As concurrency-limits'
+        ``Limiter.acquire()``: the happy path costs no coroutine and no event-loop round trip."""
+        ...
+
+    def deposit_request(self) -> None:
         """Count a new logical request in the retry budget."""
         ...
 
@@ -361,7 +373,30 @@ class LocalStore:
             return await limiter.acquire()
         raise DeadlineExceeded("no concurrency permit before max_elapsed")
 
-    async def deposit_request(self) -> None:
+    def try_admit(self, origin: str) -> Admission | None:
+        loop = self._loop
+        if loop is None or loop() is not asyncio.get_running_loop():
+            return None  # a new loop: admit() checks it
+        state = self._states.get(origin)
+        if state is None or state.pacer.active:
+            return None  # a new origin, or its gate or pacer decides when we may send
+        circuit = self.circuit
+        ticket = None
+        if circuit is not None and (ticket := circuit.try_pass(origin)) is None:
+            return None  # the breaker holds, probes or ramps: admit() waits there
+        permit = state.limiter.try_acquire()
+        if permit is None:
+            if circuit is not None and ticket is not None:
+                circuit.abandon(ticket)
+            return None
+        self._states.move_to_end(origin)
+        state.users += 1  # from here to release(): this state may not be forgotten
+        admission = _LocalAdmission(self, state, origin, permit)
+        if circuit is None or ticket is None:
+            return admission
+        return CircuitAdmission(admission, circuit, ticket)
+
+    def deposit_request(self) -> None:
         if self.budget is not None:
             self.budget.deposit()
 
@@ -399,6 +434,13 @@ class _LocalAdmission:
         if not self._released:
             self._released = True
             self._state.users -= 1
+
+    def succeeded(self) -> bool:
+        self._state.limiter.on_success(self._permit)
+        self._state.pacer.on_response(
+            rate_limited=False, retry_after=None, epoch=self._rate_epoch, seq=self._seq
+        )
+        return True
 
     async def report(self, feedback: Feedback) -> None:
         signal, limiter = feedback.signal, self._state.limiter
@@ -462,9 +504,17 @@ class CircuitAdmission:
         await self._inner.report(feedback)
         await self._circuit.report(self._ticket, _TALLIES[feedback.signal], feedback.code)
 
+    def succeeded(self) -> bool:
+        # The breaker first: a shared one cannot record without an await, and then nothing
+        # is recorded and report() does both (its breaker report is once per ticket).
+        if not self._circuit.report_now(self._ticket, Tally.SUCCESS, None):
+            return False
+        return self._inner.succeeded()
+
     def release(self) -> None:
         self._inner.release()
-        self._circuit.abandon(self._ticket)  # a no-op once reported
+        if not self._ticket.ended:  # reported: nothing left to abandon
+            self._circuit.abandon(self._ticket)
 
     async def wait_for_release(self, timeout: float) -> None:
         await self._inner.wait_for_release(timeout)

@@ -39,7 +39,7 @@ def namespace() -> str:
 
 async def exercise(store: RedisStore) -> None:
     """Every script and the wake-up list: grant, cut, gate, budget, release, park."""
-    await store.deposit_request()
+    store.deposit_request()
     admission = await store.admit(ORIGIN, None)
     await admission.report(Feedback(Signal.CONCURRENCY))
     admission.release()

@@ -106,7 +106,7 @@ async def test_happy_path_costs_two_round_trips(
 ) -> None:
     # The limits' own round trips (the breaker's are tests/test_breaker_redis.py's).
     async with RedisStore.from_url(server.url, namespace=namespace, circuit_breaker=None) as store:
-        await store.deposit_request()
+        store.deposit_request()
         admission = await store.admit(ORIGIN, None)
         assert await permits(raw, namespace) == 1
         await admission.report(Feedback(Signal.SUCCESS))
@@ -395,7 +395,7 @@ async def test_the_retry_budget_is_shared(server: RedisServer, namespace: str) -
         RedisStore.from_url(server.url, namespace=namespace, retry_budget=budget) as b,
     ):
         for _ in range(4):
-            await a.deposit_request()  # 4 requests x 0.5 = 2 retries for the fleet
+            a.deposit_request()  # 4 requests x 0.5 = 2 retries for the fleet
         assert await a.try_retry()
         assert await b.try_retry()
         assert not await b.try_retry()

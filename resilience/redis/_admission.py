@@ -115,6 +115,10 @@ class SharedAdmission:
             f"|{count(quota.limit)}|{ms(quota.window)}"
         )
 
+    def succeeded(self) -> bool:
+        self._answer = 1  # rides on the release, as report(Feedback(Signal.SUCCESS)) does
+        return True
+
     def release(self) -> None:
         """Return the lease with the next Redis call of this process (sent right away in a
         background task if none is on its way). Synchronous and idempotent."""
@@ -157,6 +161,9 @@ class LocalAdmission:
 
     async def report(self, feedback: Feedback) -> None:
         await self._inner.report(feedback)
+
+    def succeeded(self) -> bool:
+        return self._inner.succeeded()
 
     def release(self) -> None:
         if self not in self._live:

@@ -295,7 +295,11 @@ class RedisStore:
             raise DeadlineExceeded(f"the rate gate stays closed for {wait:.0f} s")
         await asyncio.sleep(wait)
 
-    async def deposit_request(self) -> None:
+    def try_admit(self, origin: str) -> Admission | None:
+        """Always None: a shared permit takes a Redis call (``admit``)."""
+        return None
+
+    def deposit_request(self) -> None:
         """Count a logical request; sent to Redis with the next acquire (no round trip)."""
         self._budget.deposit(shared=self._fallback.shared)
 
