@@ -5,11 +5,7 @@ local permits, order, wake, workers, ctl = KEYS[1], KEYS[2], KEYS[3], KEYS[4], K
 local now = now_ms()
 local lease_ttl = tonumber(ARGV[1])
 local worker_ttl = tonumber(ARGV[3])
-local limit = tonumber(redis.call('HGET', ctl, 'limit')) or 1
-wake_push(wake, purge(permits, order, now), math.max(1, limit), 2 * lease_ttl)
-redis.call('ZADD', workers, now + worker_ttl, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', workers, '-inf', now)
-redis.call('PEXPIRE', workers, worker_ttl)
+heartbeat(permits, order, wake, workers, ctl, ARGV[2], lease_ttl, worker_ttl, now)
 local lost = 0
 for i = 4, #ARGV do
   if redis.call('ZSCORE', permits, ARGV[i]) then

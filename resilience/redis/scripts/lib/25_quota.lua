@@ -6,9 +6,7 @@
 local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qseq', 'qrolled', 'qfresh', 'sends'}
 
 local function quota_load(key)
-  local v = redis.call('HMGET', key, unpack(QUOTA_FIELDS))
-  local q = {}
-  for i, name in ipairs(QUOTA_FIELDS) do q[name] = tonumber(v[i]) end
+  local q = hash_load(key, QUOTA_FIELDS)
   q.qseq = q.qseq or 0
   q.qrolled = q.qrolled or -1
   q.qfresh = q.qfresh or 1
@@ -17,16 +15,7 @@ local function quota_load(key)
 end
 
 local function quota_save(key, q)
-  local set, del = {}, {}
-  for _, name in ipairs(QUOTA_FIELDS) do
-    if q[name] ~= nil then
-      set[#set + 1] = name; set[#set + 1] = q[name]
-    else
-      del[#del + 1] = name
-    end
-  end
-  if #set > 0 then redis.call('HSET', key, unpack(set)) end
-  if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+  hash_save(key, QUOTA_FIELDS, q)
 end
 
 -- QuotaCount.roll: the window reset, its whole quota is there again

@@ -72,9 +72,7 @@ end
 local PACER_FIELDS = {'blocked', 'epoch', 'rate', 'wmax', 'lastfail'}
 
 local function pacer_load(key)
-  local v = redis.call('HMGET', key, unpack(PACER_FIELDS))
-  local p = {}
-  for i, name in ipairs(PACER_FIELDS) do p[name] = tonumber(v[i]) end
+  local p = hash_load(key, PACER_FIELDS)
   p.blocked = p.blocked or 0
   p.epoch = p.epoch or 0
   p.wmax = p.wmax or 0
@@ -82,16 +80,7 @@ local function pacer_load(key)
 end
 
 local function pacer_save(key, p)
-  local set, del = {}, {}
-  for _, name in ipairs(PACER_FIELDS) do
-    if p[name] ~= nil then
-      set[#set + 1] = name; set[#set + 1] = p[name]
-    else
-      del[#del + 1] = name
-    end
-  end
-  if #set > 0 then redis.call('HSET', key, unpack(set)) end
-  if #del > 0 then redis.call('HDEL', key, unpack(del)) end
+  hash_save(key, PACER_FIELDS, p)
 end
 
 -- RatePacer._close: the gate closes until `untl`; 1 when it was open
