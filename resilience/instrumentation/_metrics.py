@@ -28,6 +28,7 @@ __all__ = [
     "MetricsHook",
     "MetricsSink",
     "SinkCache",
+    "missing_extra",
 ]
 
 OTHER: Final = "other"
@@ -35,6 +36,11 @@ OTHER: Final = "other"
 NO_CODE: Final = "none"
 """The ``code`` label of an attempt whose answer had no envelope code (success, transport error,
 bare status)."""
+
+
+def missing_extra(hook: str, package: str, extra: str) -> ImportError:
+    """The error a backend's module raises on import when its extra is not installed."""
+    return ImportError(f"{hook} needs {package}: pip install 'resilience[{extra}]'")
 
 
 @dataclass(frozen=True, slots=True)

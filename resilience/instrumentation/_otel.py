@@ -12,16 +12,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
-try:
-    from opentelemetry import metrics, propagate, trace
-    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-    from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
-    from opentelemetry.util.types import AttributeValue
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "OpenTelemetryHook needs opentelemetry-api: pip install 'resilience[otel]'"
-    ) from exc
-
 from .. import __version__
 from .._attempt import AttemptRecord
 from .._codes import CodeTable
@@ -35,7 +25,16 @@ from ._metrics import (
     MetricsHook,
     MetricSpec,
     SinkCache,
+    missing_extra,
 )
+
+try:
+    from opentelemetry import metrics, propagate, trace
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("OpenTelemetryHook", "opentelemetry-api", "otel") from exc
 
 __all__ = ["OpenTelemetryHook"]
 

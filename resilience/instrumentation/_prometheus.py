@@ -5,13 +5,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
-try:
-    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "PrometheusHook needs prometheus-client: pip install 'resilience[prometheus]'"
-    ) from exc
-
 from .._codes import CodeTable
 from ._metrics import (
     ATTEMPTS,
@@ -22,7 +15,13 @@ from ._metrics import (
     MetricsHook,
     MetricSpec,
     SinkCache,
+    missing_extra,
 )
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise missing_extra("PrometheusHook", "prometheus-client", "prometheus") from exc
 
 __all__ = ["PrometheusHook"]
 
