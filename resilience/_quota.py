@@ -177,7 +177,10 @@ def _members(headers: Mapping[str, str], name: str) -> dict[str, dict[str, list[
     out: dict[str, dict[str, list[str]]] = {}
     for line in _lines(headers, name):
         for member in _MEMBERS.findall(line):
-            item, *params = (part.strip() for part in _PARTS.findall(member))
+            parts = [part.strip() for part in _PARTS.findall(member)]
+            if not parts:
+                continue  # an empty member (";", "a,;"): nothing to read, never a crash
+            item, *params = parts
             fields: dict[str, list[str]] = {}
             if _INT.fullmatch(item):
                 fields["q"] = [item]

@@ -192,6 +192,12 @@ CASES: list[tuple[str, CIMultiDict[str], Quota | None]] = [
     ),
     ("no rate-limit header", h(("Content-Type", "application/json")), None),
     ("empty values", h(("X-RateLimit-Remaining", ""), ("RateLimit", "")), None),
+    ("structured: an empty member", h(("RateLimit", ";"), ("RateLimit-Policy", ";;")), None),
+    (
+        "structured: empty members beside a good one",
+        h(("RateLimit-Policy", '"d";q=10;w=1, ;'), ("RateLimit", 'a,;, "d";r=2;t=1')),
+        Q(10, 1.0, 2, 1.0),
+    ),
 ]
 
 
