@@ -23,6 +23,9 @@ __all__ = [
 
 Clock = Callable[[], float]
 
+MAX_PREDICTED_WINDOW: Final = 60.0
+"""Longest announced quota window whose next reset the pacer predicts by itself (seconds)."""
+
 MAX_RETRY_AFTER: Final = 3600.0
 """With no ``max_elapsed``, a Retry-After or a closed gate longer than this gives up instead of
 sleeping: a server cannot park every later request."""
@@ -307,14 +310,22 @@ class QuotaCount:
         self._fresh = True  # no answer yet in this window
 
     def roll(self, now: float, sends: int) -> None:
-        """The window reset: its whole quota is there again."""
+        """The window reset: its whole quota is there again.
+
+        The next reset is predicted only for windows up to ``MAX_PREDICTED_WINDOW``: a longer
+        one (a daily quota, or an absurd ``w``) is counted only while answers announce it, so
+        our own count can never hold an origin past the gate cap with no answer to correct it.
+        """
         reset_at = self.reset_at
         if reset_at is None or now < reset_at:
             return
-        self.left = self.limit
         window = self.window
-        self.reset_at = reset_at + window * (1 + (now - reset_at) // window) if window else None
         self._rolled, self._fresh = sends, True
+        if not window or window > MAX_PREDICTED_WINDOW:
+            self.left = self.reset_at = None  # nothing to count until an answer says
+            return
+        self.left = self.limit
+        self.reset_at = reset_at + window * (1 + (now - reset_at) // window)
 
     def answer(self, quota: Quota, seq: int, sends: int, now: float) -> None:
         if quota.window is not None and quota.limit is not None:

@@ -252,6 +252,31 @@ def test_answers_to_sends_before_a_reset_do_not_count_in_the_next_window() -> No
     assert count.reset_at == pytest.approx(1.5)  # the next window, from the announced length
 
 
+def test_a_long_window_is_not_predicted_so_our_own_count_cannot_hold_the_origin() -> None:
+    # One answer announcing a year-long window, then answers with no rate-limit header: after
+    # the announced reset, our own sends must not count down to a hold of a year.
+    clock = FakeClock()
+    pacer = RatePacer(clock=clock)
+    pacer.on_response(
+        rate_limited=False, retry_after=None, epoch=0, quota=Quota(1, 31_536_000.0, 0, 1.0)
+    )
+    assert pacer.delay() == pytest.approx(1.0)  # spent until the reset the answer named
+    clock.now = 2.0
+    for _ in range(5):
+        assert pacer.delay() == 0.0
+        pacer.take()
+        pacer.on_response(rate_limited=False, retry_after=None, epoch=0)
+    assert pacer.quota_left is None
+
+
+def test_a_minute_window_is_still_predicted() -> None:
+    count = QuotaCount()
+    count.answer(Quota(10, 60.0, 0, 0.5), seq=1, sends=1, now=0.0)
+    count.roll(0.6, sends=1)
+    assert count.left == 10
+    assert count.reset_at == pytest.approx(60.5)
+
+
 def test_a_send_that_did_not_go_gives_its_quota_back() -> None:
     pacer = RatePacer(clock=FakeClock())
     pacer.on_response(rate_limited=False, retry_after=None, epoch=0, quota=Quota(3, None, 1, 1))

@@ -19,7 +19,7 @@ from typing import Any, Final
 from redis.commands.core import AsyncScript
 
 from .._breaker import BUCKETS as BREAKER_BUCKETS
-from .._pacing import PACING, PacingRule
+from .._pacing import MAX_PREDICTED_WINDOW, PACING, PacingRule
 
 __all__ = ["REORDER", "Scripts", "constants", "source"]
 
@@ -41,6 +41,7 @@ def constants(rule: PacingRule = PACING) -> dict[str, float]:
         "MIN_SPAN_MS": rule.minimum_span * 1000,
         "REORDER_MS": REORDER * 1000,
         "BREAKER_BUCKETS": BREAKER_BUCKETS,
+        "MAX_PREDICTED_WINDOW_MS": MAX_PREDICTED_WINDOW * 1000,
     }
 
 

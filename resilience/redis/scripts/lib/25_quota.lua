@@ -18,16 +18,18 @@ local function quota_save(key, q)
   hash_save(key, QUOTA_FIELDS, q)
 end
 
--- QuotaCount.roll: the window reset, its whole quota is there again
+-- QuotaCount.roll: the window reset, its whole quota is there again; the next reset is
+-- predicted only for windows up to MAX_PREDICTED_WINDOW (a longer one: nothing to count until
+-- an answer says)
 local function quota_roll(q, now)
   if q.qreset == nil or now < q.qreset then return end
-  q.qleft = q.qlimit
-  if q.qwin then
+  q.qrolled, q.qfresh = q.sends, 1
+  if q.qwin and q.qwin > 0 and q.qwin <= MAX_PREDICTED_WINDOW_MS then
+    q.qleft = q.qlimit
     q.qreset = q.qreset + q.qwin * (1 + math.floor((now - q.qreset) / q.qwin))
   else
-    q.qreset = nil
+    q.qleft, q.qreset = nil, nil
   end
-  q.qrolled, q.qfresh = q.sends, 1
 end
 
 -- QuotaCount.answer: an answer to send `seq` announced `remaining` (-1: none) until `reset`
