@@ -1,14 +1,15 @@
 """Account-level stop answers: one 401 ``AUTH_*`` or 402 ``BILLING_INSUFFICIENT_CREDITS`` speaks
 for every request made with the same credentials, so the following ones are not sent.
 
-Pure: time passed in. Credentials are reduced to a keyed BLAKE2b digest (a key made for this
-process) as soon as they are read; neither they nor the digest are ever logged.
+Pure: time passed in. Credentials are compared as a keyed BLAKE2b digest (a key made for this
+process), made only when a comparison is needed; neither they nor the digest are ever logged,
+and a guard keeps a request's credential values only as long as the request (they are in its
+headers anyway).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Final
 
 from yarl import URL
 
-from ._events import _is_secret_param
+from ._events import DEFAULT_REDACTION, Redaction
+from ._validate import header_name, number
 
 __all__ = [
     "DEFAULT_ACCOUNT_STOP",
@@ -43,6 +45,10 @@ DEFAULT_STOP_CODES: Final = frozenset(
 MAX_STOPPED: Final = 4096
 """Stopped credential sets remembered at once; the oldest is forgotten first (it is rechecked)."""
 
+RECHECK_STALE: Final = 600.0
+"""Seconds after which a recheck still in flight no longer holds the one recheck slot (its
+task must have died without ending it: every ending frees the slot at once)."""
+
 _PROCESS_KEY: Final = os.urandom(32)
 
 
@@ -65,39 +71,47 @@ class AccountStop:
     )
 
     def __post_init__(self) -> None:
-        interval = self.recheck_interval
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise TypeError(f"AccountStop.recheck_interval must be a number, got {interval!r}")
-        if not 0 < interval < math.inf:
-            raise ValueError(
-                f"AccountStop.recheck_interval must be > 0 and finite, got {interval!r}"
-            )
+        object.__setattr__(
+            self,
+            "recheck_interval",
+            number("AccountStop.recheck_interval", self.recheck_interval, above=0, high=86400),
+        )
         if isinstance(self.codes, str) or not all(isinstance(c, str) and c for c in self.codes):
             raise TypeError("AccountStop.codes must be a set of non-empty code strings")
         object.__setattr__(self, "codes", frozenset(self.codes))
         headers = self.credential_headers
-        if isinstance(headers, str) or not all(isinstance(h, str) and h for h in headers):
+        if isinstance(headers, str) or not isinstance(headers, tuple | list):
             raise TypeError("AccountStop.credential_headers must be a tuple of header names")
-        object.__setattr__(self, "credential_headers", tuple(headers))
+        names = tuple(header_name("AccountStop.credential_headers", h) for h in headers)
+        object.__setattr__(self, "credential_headers", names)
 
 
 def credentials_key(
-    origin: str, headers: Mapping[str, str], url: URL, names: Iterable[str]
+    origin: str,
+    headers: Mapping[str, str],
+    url: URL,
+    names: Iterable[str],
+    redaction: Redaction = DEFAULT_REDACTION,
 ) -> bytes:
-    """A keyed digest of the origin and every credential the request carries."""
+    """A keyed digest of the origin and every credential the request carries: the headers
+    ``names``, the URL's userinfo, and what the redaction hides (secret query parameters,
+    secrets in the path)."""
     digest = hashlib.blake2b(key=_PROCESS_KEY, digest_size=16)
     digest.update(origin.encode())
     for name in names:
         value = headers.get(name)
-        if value is not None:
-            digest.update(b"\0h" + name.lower().encode() + b"\0" + value.encode("utf-8", "replace"))
+        if value is None:
+            continue
+        digest.update(b"\0h" + name.lower().encode() + b"\0" + value.encode("utf-8", "replace"))
     if url.user is not None or url.password is not None:
         digest.update(
             b"\0u" + (url.raw_user or "").encode() + b":" + (url.raw_password or "").encode()
         )
     for name, value in url.query.items():
-        if _is_secret_param(name):
+        if redaction.is_secret(name):
             digest.update(b"\0q" + name.encode() + b"\0" + value.encode())
+    for secret in redaction.secrets_in_path(url.raw_path):
+        digest.update(b"\0p" + secret.encode())
     return digest.digest()
 
 
@@ -148,8 +162,9 @@ class AccountStops:
         if now < entry.stop.recheck_at:
             return entry.stop
         since = entry.recheck_since
-        # A recheck whose answer never came (its task died) frees the slot after an interval.
-        if since is None or now >= since + self.settings.recheck_interval:
+        # The recheck in flight holds the slot until its answer (or abandon) frees it; only one
+        # whose answer can never come (its task died unseen) frees it after RECHECK_STALE.
+        if since is None or now >= since + max(self.settings.recheck_interval, RECHECK_STALE):
             entry.recheck_since = now
             return Go(recheck=True)
         return entry.stop
@@ -194,16 +209,26 @@ class AccountStops:
 
 class AccountGuard:
     """The account stop as one logical request meets it: checked before each attempt, told
-    how each ended. The credentials are digested only when that matters: while some account
-    is stopped, or when an answer stops this one (most requests never pay for the digest)."""
+    how each ended. The credentials are read when the guard is made (the request as this
+    middleware sees it) and digested only when that matters: while some account is stopped,
+    or when an answer stops this one (most requests never pay for the digest)."""
 
-    __slots__ = ("_go", "_headers", "_key", "_origin", "_stops", "_url")
+    __slots__ = ("_go", "_key", "_origin", "_redaction", "_stops", "_url", "_values")
 
     def __init__(
-        self, stops: AccountStops, origin: str, headers: Mapping[str, str], url: URL
+        self,
+        stops: AccountStops,
+        origin: str,
+        headers: Mapping[str, str],
+        url: URL,
+        redaction: Redaction = DEFAULT_REDACTION,
     ) -> None:
         self._stops = stops
-        self._origin, self._headers, self._url = origin, headers, url
+        self._origin, self._url, self._redaction = origin, url, redaction
+        names = stops.settings.credential_headers
+        # A snapshot: the headers as this middleware sees the request (an inner middleware's
+        # changes come later and must not change the key between the check and the answer).
+        self._values = {n: v for n in names if (v := headers.get(n)) is not None}
         self._key: bytes | None = None
         self._go: Go | None = None
 
@@ -211,7 +236,9 @@ class AccountGuard:
         key = self._key
         if key is None:
             names = self._stops.settings.credential_headers
-            key = self._key = credentials_key(self._origin, self._headers, self._url, names)
+            key = self._key = credentials_key(
+                self._origin, self._values, self._url, names, self._redaction
+            )
         return key
 
     def check(self, now: float) -> Stopped | None:

@@ -134,6 +134,7 @@ class AccountStopped(ApiError):
         request_id: str,
         age: float,
         recheck_in: float,
+        redaction: Redaction = DEFAULT_REDACTION,
     ) -> None:
         self.recheck_in = recheck_in
         reason = (
@@ -149,4 +150,5 @@ class AccountStopped(ApiError):
             retryable=False,
             request_id=request_id,
             attempts=0,
+            redaction=redaction,
         )

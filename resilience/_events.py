@@ -121,6 +121,15 @@ class Redaction:
         lowered = _normalized(name)
         return any(part in lowered for part in self._fragments)
 
+    def secrets_in_path(self, path: str) -> list[str]:
+        """The parts of an (encoded) path that :meth:`redact_path` hides."""
+        found: list[str] = []
+        for pattern in self._patterns:
+            for match in pattern.finditer(path):
+                groups = [g for g in match.groups() if g] if match.re.groups else [match.group(0)]
+                found.extend(groups)
+        return found
+
     def redact_path(self, path: str) -> str:
         for pattern in self._patterns:
             path = pattern.sub(_redact_match, path)

@@ -324,7 +324,11 @@ class _Call:
             hooks, testing = self.hooks, self.testing
             accounts = self.mw.accounts
             account = (
-                None if accounts is None else AccountGuard(accounts, origin, req.headers, req.url)
+                None
+                if accounts is None
+                else AccountGuard(
+                    accounts, origin, req.headers, req.url, self.mw.settings.redaction
+                )
             )
             store.deposit_request()
             first = True
@@ -527,6 +531,7 @@ class _Call:
             request_id=self.request_id,
             age=began - stopped.since,
             recheck_in=max(0.0, stopped.recheck_at - began),
+            redaction=self.mw.settings.redaction,
         )
 
     def _log(

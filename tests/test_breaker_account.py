@@ -6,8 +6,10 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
+from resilience import Redaction
 from resilience._account import (
     MAX_STOPPED,
+    RECHECK_STALE,
     AccountStop,
     AccountStops,
     Go,
@@ -122,13 +124,16 @@ def test_abandoned_recheck_frees_the_slot_at_once() -> None:
     assert stops.check(k, 10.1) == Go(recheck=True)
 
 
-def test_recheck_that_never_answers_lapses_after_one_interval() -> None:
+def test_a_slow_recheck_keeps_the_one_slot_until_it_ends() -> None:
+    # A recheck slower than the interval (a long generation) must not let a second one through.
     stops = AccountStops(AccountStop(recheck_interval=10.0))
     k = key("Bearer a")
     stop(stops, k, 0.0)
     assert stops.check(k, 10.0) == Go(recheck=True)
-    assert isinstance(stops.check(k, 19.9), Stopped)
-    assert stops.check(k, 20.0) == Go(recheck=True)
+    assert isinstance(stops.check(k, 25.0), Stopped)
+    assert isinstance(stops.check(k, 10.0 + RECHECK_STALE - 0.1), Stopped)
+    # Only a recheck whose end was never seen (its task died) frees the slot, much later.
+    assert stops.check(k, 10.0 + RECHECK_STALE) == Go(recheck=True)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +182,9 @@ def test_memory_is_bounded_oldest_stop_forgotten_first() -> None:
         ({"codes": "AUTH_REQUIRED"}, TypeError),
         ({"codes": {""}}, TypeError),
         ({"credential_headers": "Authorization"}, TypeError),
+        ({"recheck_interval": 10**400}, ValueError),
+        ({"recheck_interval": 86401}, ValueError),
+        ({"credential_headers": ("Bad Header\n",)}, ValueError),
     ],
 )
 def test_bad_account_stop_settings_are_rejected(
@@ -189,3 +197,13 @@ def test_bad_account_stop_settings_are_rejected(
 def test_custom_codes_are_kept_as_a_frozenset() -> None:
     settings = AccountStop(codes={"MY_QUOTA_EXCEEDED"})  # type: ignore[arg-type]
     assert settings.codes == frozenset({"MY_QUOTA_EXCEEDED"})
+
+
+def test_what_the_redaction_hides_is_part_of_the_credentials() -> None:
+    redaction = Redaction(params=("sid",), paths=(r"/bot([^/]+)/",))
+    a = credentials_key(ORIGIN, CIMultiDict(), URL_.with_query(sid="A"), NAMES, redaction)
+    b = credentials_key(ORIGIN, CIMultiDict(), URL_.with_query(sid="B"), NAMES, redaction)
+    assert a != b
+    bot_a = credentials_key(ORIGIN, CIMultiDict(), URL(ORIGIN + "/botA/send"), NAMES, redaction)
+    bot_b = credentials_key(ORIGIN, CIMultiDict(), URL(ORIGIN + "/botB/send"), NAMES, redaction)
+    assert bot_a != bot_b

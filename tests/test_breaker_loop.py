@@ -16,6 +16,7 @@ from resilience import (
     CircuitBreaker,
     CircuitOpen,
     LocalStore,
+    Redaction,
     ResilienceMiddleware,
 )
 from resilience.testing import Emulator, Fault
@@ -206,4 +207,38 @@ async def test_a_stop_answer_raised_as_api_error_stops_the_next_ones_too(emu: Em
         assert not isinstance(first.value, AccountStopped)
         with pytest.raises(AccountStopped):
             await post(s, emu, "b")
+    assert emu.stats.requests == 1
+
+
+async def test_account_stopped_shows_the_url_as_the_redaction_does(emu: Emulator) -> None:
+    emu.inject(Fault.code("BILLING_INSUFFICIENT_CREDITS"))
+    mw = middleware(redaction=Redaction(params=("sid",)))
+    async with aiohttp.ClientSession(middlewares=(mw,)) as s:
+        url = (emu.url / "v1/generate").with_query(sid="TENANT_A_SECRET")
+        async with s.post(url, json={"job": "a"}) as resp:
+            assert resp.status == 402
+        with pytest.raises(AccountStopped) as info:
+            await s.post(url, json={"job": "b"})
+    assert "TENANT_A_SECRET" not in str(info.value)
+    assert "REDACTED" in str(info.value)
+
+
+async def test_an_inner_middleware_adding_credentials_does_not_split_the_key(
+    emu: Emulator,
+) -> None:
+    """The credentials are read as this middleware sees the request, before inner middlewares
+    run: the key is the same when the stop is recorded and when it is checked (documented:
+    credentials an inner middleware adds are not told apart)."""
+
+    async def auth(
+        req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        req.headers["Authorization"] = "Bearer tenant-a"
+        return await handler(req)
+
+    emu.inject(Fault.code("BILLING_INSUFFICIENT_CREDITS"))
+    async with aiohttp.ClientSession(middlewares=(middleware(), auth)) as s:
+        assert await post(s, emu, "first") == 402
+        with pytest.raises(AccountStopped):
+            await post(s, emu, "second")
     assert emu.stats.requests == 1
