@@ -122,7 +122,7 @@ class Redaction:
         return any(part in lowered for part in self._fragments)
 
     def secrets_in_path(self, path: str) -> list[str]:
-        """The parts of an (encoded) path that :meth:`redact_path` hides."""
+        """The parts of an (encoded) path that ``redact_path`` hides."""
         found: list[str] = []
         for pattern in self._patterns:
             for match in pattern.finditer(path):
