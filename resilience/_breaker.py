@@ -99,8 +99,12 @@ class CircuitBreaker:
 
     def break_for(self, opens: int) -> float:
         """The break after ``opens`` consecutive openings (1 = the first)."""
-        exponent = min(max(opens - 1, 0), 64)  # far past any cap; no float overflow
-        return min(self.break_duration * self.break_growth**exponent, self.max_break_duration)
+        exponent = min(max(opens - 1, 0), 64)  # far past any cap
+        try:
+            grown = self.break_duration * self.break_growth**exponent
+        except OverflowError:  # a huge break_growth: the cap it would pass anyway
+            return self.max_break_duration
+        return min(grown, self.max_break_duration)
 
 
 DEFAULT_CIRCUIT_BREAKER: Final = CircuitBreaker()
@@ -179,6 +183,16 @@ class Window:
                 failures += self._failures[slot]
         return total, failures
 
+    def expiry(self, now: float) -> float:
+        """When the oldest counted bucket leaves the window (``inf``: nothing counted)."""
+        oldest = math.floor(now / self._width) - BUCKETS + 1
+        stamps = [
+            stamp
+            for slot, stamp in enumerate(self._stamp)
+            if stamp >= oldest and self._totals[slot]
+        ]
+        return (min(stamps) + BUCKETS) * self._width if stamps else math.inf
+
     def clear(self) -> None:
         self._stamp = [-math.inf] * BUCKETS
         self._totals = [0] * BUCKETS
@@ -250,7 +264,8 @@ class Breaker:
             # decide, so an outage from the start costs minimum_throughput attempts, not
             # minimum_throughput plus whatever was in flight when it opened.
             self._suspect_hold = True
-            return Hold(math.inf)
+            # Until the oldest of those failures leaves the window (or an answer wakes us).
+            return Hold(self.window.expiry(now))
         if commit:
             self._pending += 1
         return Pass(probe=False, epoch=self._epoch)

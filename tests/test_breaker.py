@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from resilience._breaker import (
@@ -212,6 +210,12 @@ def test_results_sent_before_the_breaker_opened_do_not_count_after() -> None:
     assert breaker.window.counts(1.1) == (0, 0)
 
 
+def test_a_huge_break_growth_cannot_overflow() -> None:
+    settings = CircuitBreaker(break_growth=1e200, max_break_duration=10.0)
+    assert settings.break_for(3) == 10.0
+    assert settings.break_for(1000) == 10.0
+
+
 def test_huge_number_of_failed_probes_does_not_overflow() -> None:
     settings = CircuitBreaker(max_break_duration=60.0)
     assert settings.break_for(10_000) == 60.0
@@ -255,10 +259,24 @@ def test_with_only_failures_so_far_no_more_are_sent_than_the_breaker_needs() -> 
     first = send(breaker, 0.0)
     in_flight = [send(breaker, 0.0) for _ in range(5)]
     assert breaker.record(first, Tally.FAILURE, 0.0, "DISPATCH_TIMEOUT") is False
-    # One failure and five in flight: if they all fail, the breaker opens (4 needed).
-    assert breaker.admit(0.0, None) == Hold(math.inf)
+    # One failure and five in flight: if they all fail, the breaker opens (4 needed). Held
+    # until that failure leaves the window (10 s in 10 buckets), or an answer wakes it.
+    assert breaker.admit(0.0, None) == Hold(10.0)
     assert breaker.record(in_flight[0], Tally.SUCCESS, 0.0) is True  # wake the held one
     assert isinstance(breaker.admit(0.0, None), Pass)
+
+
+def test_a_hold_for_failures_only_ends_when_they_leave_the_window() -> None:
+    # The failures age out while the slow attempt is still in flight (nothing wakes the held
+    # request then): the hold names that moment, and the request goes at it.
+    breaker = Breaker(SETTINGS)
+    slow = send(breaker, 0.0)
+    for ticket in [send(breaker, 0.2) for _ in range(3)]:
+        breaker.record(ticket, Tally.FAILURE, 0.2, "DISPATCH_TIMEOUT")
+    hold = breaker.admit(0.3, None)
+    assert hold == Hold(10.0)
+    assert isinstance(breaker.admit(10.0, None), Pass)
+    assert slow.probe is False
 
 
 def test_no_success_rule_does_not_hold_healthy_traffic() -> None:
