@@ -156,9 +156,10 @@ Admit = Pass | Hold | Refuse
 class Window:
     """Counted attempts and outage failures over the last ``duration`` seconds, in buckets."""
 
-    __slots__ = ("_failures", "_slot", "_stamp", "_totals", "_width")
+    __slots__ = ("_duration", "_failures", "_slot", "_stamp", "_totals", "_width", "last_failure")
 
     def __init__(self, duration: float) -> None:
+        self._duration = duration
         self._width = duration / BUCKETS
         self._stamp: list[float] = []  # the bucket index (time // width) each slot holds
         self._totals: list[int] = []
@@ -172,6 +173,13 @@ class Window:
             self._stamp[slot], self._totals[slot], self._failures[slot] = index, 0, 0
         self._totals[slot] += 1
         self._failures[slot] += failure
+        if failure:
+            self.last_failure = now
+
+    def has_failures(self, now: float) -> bool:
+        """Might the window hold a failure? False for certain when the last one is older than
+        the window (the common case: no scan of the buckets)."""
+        return now - self.last_failure < self._duration + self._width
 
     def counts(self, now: float) -> tuple[int, int]:
         """(attempts, failures) in the window ending at ``now``."""
@@ -194,6 +202,7 @@ class Window:
         return (min(stamps) + BUCKETS) * self._width if stamps else math.inf
 
     def clear(self) -> None:
+        self.last_failure = -math.inf
         self._stamp = [-math.inf] * BUCKETS
         self._totals = [0] * BUCKETS
         self._failures = [0] * BUCKETS
@@ -254,7 +263,7 @@ class Breaker:
                 return Pass(probe=True, epoch=self._epoch)
             # One probe at a time: the others wait for its answer (or its lease to lapse).
             return Hold(probe_since + self.settings.probe_timeout)
-        total, failures = self.window.counts(now)
+        total, failures = self.window.counts(now) if self.window.has_failures(now) else (0, 0)
         if (
             failures
             and failures == total
