@@ -1,7 +1,9 @@
 """Per-origin rate gate and pacer: Retry-After gate, CUBIC rate, token bucket, response rate.
 
 Pure bookkeeping plus, where it must wait, an anyio primitive. Time comes from an injectable
-monotonic clock so tests can drive the arithmetic without sleeping.
+monotonic clock so tests can drive the arithmetic without sleeping. Over 400 lines because the
+pacing rule (``PacingRule``, also rendered into the fleet's Lua), the quota count and the pacer
+that applies both share one state and are checked by one set of fake-clock tests.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ One attempt meets the store twice: ``admit()`` (wait at the gate and pacer, take
 hands out an :class:`Admission`, and the attempt's few operations go through that handle
 (report what the answer said, release, park until a permit frees), as Netflix
 concurrency-limits' ``Limiter.Listener``. The retry budget is the store's, not the attempt's.
+
+Over 400 lines because the seam (the protocols), the in-process store that implements it, its
+two handles and the breaker's place in front of them are one contract, read together.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ answer, ``other`` for answers the table does not know), each with one line of ad
 :func:`timeline` picks out the attempts of one request.
 
 Rendering and the command line (``python -m resilience logs``) live in :mod:`resilience.cli`.
+
+Over 400 lines because the summary, its rows and the timeline share one reader of the event
+schema.
 """
 
 from __future__ import annotations
