@@ -1,5 +1,6 @@
 """The attempt event's fields are declared once (``ATTEMPT_FIELDS``): the emitter writes exactly
-those, the README's table lists exactly those, and the log reader reads only those."""
+those, the table of docs/howto/read-logs.md lists exactly those, and the log reader reads only
+those."""
 
 from __future__ import annotations
 
@@ -18,19 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPTURE_KEYS = {"event", "log_level"}  # added by structlog's capture_logs, not by the middleware
 
 
-def readme_attempt_table() -> list[str]:
-    """The field names in the first column of the README's attempt-event table, in order."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    logs_section = text.split("\n## Logs\n", 1)[1].split("\n## ", 1)[0]
-    table = logs_section.split("| field | type | meaning |\n", 1)[1].split("\n\n", 1)[0]
+def documented_attempt_table() -> list[str]:
+    """The field names in the first column of the attempt-event table (docs/howto/read-logs.md),
+    in order."""
+    text = (ROOT / "docs" / "howto" / "read-logs.md").read_text(encoding="utf-8")
+    table = text.split("| field | type | meaning |\n", 1)[1].split("\n\n", 1)[0]
     names: list[str] = []
     for line in table.splitlines()[1:]:  # after the |---| line
         names += re.findall(r"`([a-z_]+)`", line.split("|")[1])
     return names
 
 
-def test_readme_table_lists_exactly_the_attempt_fields() -> None:
-    names = readme_attempt_table()
+def test_the_docs_table_lists_exactly_the_attempt_fields() -> None:
+    names = documented_attempt_table()
     assert names[0] == "event"
     assert len(names) == len(set(names)), "a field listed twice"
     assert set(names[1:]) == set(ATTEMPT_FIELDS)

@@ -700,8 +700,8 @@ def test_closed_stdin_from_the_shell_is_a_one_line_error_with_exit_2() -> None:
     assert done.stderr == "python -m resilience logs: error: cannot read <stdin>: stdin is closed\n"
 
 
-def test_readme_advice_table_is_what_the_reader_says() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_docs_advice_table_is_what_the_reader_says() -> None:
+    text = (ROOT / "docs" / "howto" / "read-logs.md").read_text(encoding="utf-8")
     table = text.split("| domain | advice |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z]+)` \| (.+) \|$", table, re.MULTILINE))
     assert rows == dict(resilience.logs._ADVICE)
