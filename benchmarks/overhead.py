@@ -12,6 +12,7 @@ rounds (the order flips every round):
 * resilience with defaults (structlog unconfigured: first-attempt successes are filtered DEBUG
   events; circuit breaker and account stop on);
 * resilience with one ``LocalStore`` shared by two sessions (the requests split between them);
+* resilience with the circuit breaker and the account stop off (what those two cost);
 * with ``--hooks``, resilience with each instrumentation hook (OpenTelemetry's SDK with a batch
   span processor into an exporter that drops the spans and a metric reader never read: the
   hook's and the SDK's recording, not an exporter's I/O; Prometheus with its own registry).
@@ -100,6 +101,9 @@ CLIENTS: dict[str, Callable[[], list[Middlewares]]] = {
     PASS: lambda: [(passthrough,)],
     OURS: lambda: [(ResilienceMiddleware(),)],
     "resilience, LocalStore x 2 sessions": shared_store,
+    "resilience, no breaker, no account stop": lambda: [
+        (ResilienceMiddleware(circuit_breaker=None, account_stop=None),)
+    ],
 }
 HOOK_CLIENTS: dict[str, Callable[[], list[Middlewares]]] = {
     "resilience + OpenTelemetryHook": with_hooks(otel_hooks),
