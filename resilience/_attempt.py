@@ -1,7 +1,8 @@
 """What one attempt was and how it ended: the ``Outcome`` and the ``AttemptRecord``.
 
 The record is the single definition of the ``resilience.attempt`` log event's fields: the log
-emitter, the log reader, the hooks and the docs' table (docs/howto/read-logs.md) are all built from it.
+emitter, the log reader, the hooks and the docs' table (``docs/howto/read-logs.md``) are all
+built from it.
 """
 
 from __future__ import annotations

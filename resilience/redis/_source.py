@@ -39,7 +39,8 @@ ACL_COMMANDS: Final = (
     "time", "hget", "hmget", "hset", "hdel", "hincrby", "pexpire", "ltrim",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore", "zscore",
 )  # fmt: skip
-"""The commands an ACL user of the store needs, on keys ``resilience:*`` (docs: Run a fleet on Redis)."""
+"""The commands an ACL user of the store needs, on keys ``resilience:*`` (the docs' "Run a
+fleet on Redis" page)."""
 
 # OSError covers TimeoutError (also a call's time limit running out) and ssl errors; a
 # cluster that cannot be reached again raises RedisClusterException, not a RedisError.
