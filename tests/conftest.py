@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 import tracemalloc
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from yarl import URL
 from resilience import Backoff, ResilienceMiddleware
 from resilience._store import LocalStore
 from resilience.testing import Emulator
+from tests.redis_server import RedisServer
 
 structlog.configure(
     processors=[
@@ -59,6 +61,19 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    """A redis-server of the module's own, on a free loopback port (the fleet tests')."""
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A Redis namespace no other test uses."""
+    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,6 @@ BREAK = 0.1
 RULE = CircuitBreaker(
     minimum_throughput=4, break_duration=BREAK, max_break_duration=0.4, probe_timeout=5.0
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -29,11 +29,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 ORIGIN = "http://api.test"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
     with RedisClusterServers(primaries=3) as servers:

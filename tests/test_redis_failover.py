@@ -25,11 +25,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.redis_failover]
 REDIS_TIMEOUT = 0.25
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def sentinel_client(group: RedisSentinels) -> Any:
     """The app's client, as an app would build it: timeouts of redis_timeout, no retries."""
     options: dict[str, Any] = {

@@ -18,11 +18,6 @@ from tests.redis_server import RedisServer
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def run_batch_through_a_pause(
     limit: int, jobs: int, *, pause_at: float, pause_for: float, restart: bool = False
 ) -> tuple[int, int, RedisStore]:

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,6 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGIN = "http://api.test"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def namespace() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -567,7 +551,9 @@ async def test_three_processes_learn_the_plan_limit_together(
         stats = emu.stats
     assert sum(r["ok"] for r in results) == 90
     rejected = stats.by_code["GENERATION_CONCURRENCY_EXCEEDED"]
-    assert (90 + rejected) / 90 <= 1.3, stats.by_code  # per-process limiters: > 2x
+    # Per-process limiters send more than 2x; a shared one about 1.1x on a quiet machine (1.6:
+    # room for a loaded one, where the fleet's cut lags its sends).
+    assert (90 + rejected) / 90 <= 1.6, stats.by_code
     assert stats.duplicates == 0
 
 
