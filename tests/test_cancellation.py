@@ -143,8 +143,9 @@ def gate_closed_by(emu: Emulator, ms: int) -> None:
 
 @pytest.mark.parametrize("mode", CANCEL_MODES)
 async def test_waiting_at_the_rate_gate(emu: Emulator, mode: CancelMode) -> None:
-    """The 429 closed the gate for WAIT_MS; the retry waits there and is stopped."""
-    gate_closed_by(emu, WAIT_MS)
+    """The 429 closed the gate; the retry waits there and is stopped. The gate (0.6 s) and the
+    timeouts (0.3 s) leave the first attempt, a new connection, time on a busy machine."""
+    gate_closed_by(emu, 600)
     mw = middleware()
     async with aiohttp.ClientSession(middlewares=(mw,)) as s:
         pacer = local(mw).pacer(str(emu.url.origin()))
@@ -152,7 +153,7 @@ async def test_waiting_at_the_rate_gate(emu: Emulator, mode: CancelMode) -> None
         def call(**kwargs: Any) -> Awaitable[tuple[int, bytes]]:
             return fetch(s, "GET", emu.url / "v1/ping", **kwargs)
 
-        exc = await interrupt(mode, call, lambda: pacer.turn.locked())
+        exc = await interrupt(mode, call, lambda: pacer.turn.locked(), after=0.3)
         assert_unchanged(mode, exc)
         assert not pacer.turn.locked()  # the gate's queue is free again
         await asyncio.sleep(SETTLE)
@@ -299,10 +300,13 @@ async def test_stalled_error_body_is_bounded_by_the_per_attempt_timeout(
 # ------------------------------------------------------------------ waits between attempts
 
 
+# Long enough that the first attempt (a new connection) answers before the interruption at
+# BETWEEN_AFTER even on a busy machine; BETWEEN_SETTLE outlasts what is left of the wait.
+BETWEEN_MS, BETWEEN_AFTER, BETWEEN_SETTLE = 600, 0.3, 0.4
 WAIT_FAULTS = {
-    "retry-after": Fault.code("DISPATCH_TIMEOUT", retry_after_ms=WAIT_MS),
-    "plan-limit-park": Fault.code("GENERATION_CONCURRENCY_EXCEEDED", retry_after_ms=WAIT_MS),
-    "poll": Fault.code("GENERATION_NOT_READY", retry_after_ms=WAIT_MS),
+    "retry-after": Fault.code("DISPATCH_TIMEOUT", retry_after_ms=BETWEEN_MS),
+    "plan-limit-park": Fault.code("GENERATION_CONCURRENCY_EXCEEDED", retry_after_ms=BETWEEN_MS),
+    "poll": Fault.code("GENERATION_NOT_READY", retry_after_ms=BETWEEN_MS),
 }
 
 
@@ -321,11 +325,11 @@ async def test_during_a_wait_between_attempts(
                 s, "POST", emu.url / "v1/generate", json={"job": "j"}, headers=headers, **kwargs
             )
 
-        exc = await interrupt(mode, call, lambda: len(attempts(logs)) == 1)
+        exc = await interrupt(mode, call, lambda: len(attempts(logs)) == 1, after=BETWEEN_AFTER)
         assert_unchanged(mode, exc)
-        assert attempts(logs)[0]["delay"] == pytest.approx(WAIT_MS / 1000)
+        assert attempts(logs)[0]["delay"] == pytest.approx(BETWEEN_MS / 1000)
         assert_baseline(s, mw)
-        await asyncio.sleep(SETTLE)
+        await asyncio.sleep(BETWEEN_SETTLE)
         assert emu.stats.requests == 1
         assert_baseline(s, mw)
     assert emu.stats.generations == 0
