@@ -382,3 +382,28 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+async def wake_delay(holder_store: Any, waiter_store: Any, origin: str) -> float:
+    """Seconds from a release in one store to the wake-up of a request parked in another:
+    ``holder_store`` takes the one permit, ``waiter_store``'s request parks behind it (checked
+    still parked after 0.3 s), then the permit is released."""
+    held = await holder_store.admit(origin, None)
+    admitted = asyncio.Event()
+    woke_at = 0.0
+
+    async def wait_for_permit() -> None:
+        nonlocal woke_at
+        admission = await waiter_store.admit(origin, time.monotonic() + 10)
+        woke_at = time.monotonic()
+        admitted.set()
+        admission.release()
+
+    task = asyncio.create_task(wait_for_permit())
+    await asyncio.sleep(0.3)
+    assert not admitted.is_set()
+    released_at = time.monotonic()
+    held.release()
+    await asyncio.wait_for(admitted.wait(), 1.0)
+    await task
+    return woke_at - released_at

@@ -12,14 +12,43 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 from tests.redis_server import HOST, RedisServer, _stop, free_port
 
 __all__ = ["RedisClusterServers", "RedisSentinels"]
 
 
-class RedisClusterServers:
+_S = TypeVar("_S", bound="_Started")
+
+
+class _Started:
+    """``with``: ``start()`` on entry (``close()`` if it fails), ``close()`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisClusterServers(_Started):
     """A Redis Cluster of ``primaries`` primaries (and ``replicas`` replicas each) from the
     ``redis-server`` binary on free loopback ports, created with ``redis-cli --cluster create``;
     a context manager that stops every node."""
@@ -95,24 +124,8 @@ class RedisClusterServers:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> RedisClusterServers:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisSentinels:
+class RedisSentinels(_Started):
     """A primary, one replica and three ``redis-sentinel`` processes watching them (Debian's
     binaries, free loopback ports, ``down-after-milliseconds`` short); a context manager."""
 
@@ -201,19 +214,3 @@ class RedisSentinels:
         self.primary.close()
         self.replica.close()
         self._dir.cleanup()
-
-    def __enter__(self) -> RedisSentinels:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
