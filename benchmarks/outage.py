@@ -11,12 +11,18 @@ answered ``503 DISPATCH_TIMEOUT``), sends 2,000 jobs with 200 in flight at most
 recover. Rows: resilience with its circuit breaker (the default), resilience with
 ``circuit_breaker=None``, a fleet of 4 processes (500 jobs at width 50 each) sharing one
 ``RedisStore``, and stamina and tenacity with the same budget (6 attempts, 30 s, waits from
-0.5 s doubling to 30 s, configured the way their docs suggest).
+0.5 s doubling to 30 s, configured the way their docs suggest). Baselines: the same jobs
+through resilience with no outage, in one process and in the fleet (the adaptive limit slow-
+starts from 4 there too); a baseline runs whenever a row compared with it does.
 
-Columns: requests the outage answered, time from recovery to the first success, jobs lost
-(not completed), wall time; and the targets: requests into the outage <= the breaker's
-minimum throughput plus one probe per break that started during the outage (per fleet), the
-first success within one capped break duration of recovery, 0 jobs lost.
+Columns: requests the outage answered, time from recovery to the first success, the drain
+(from the first success to the last job's end), jobs lost (not completed), wall time; and the
+targets: requests into the outage <= the breaker's minimum throughput plus one probe per break
+that started during the outage (per fleet), the first success within one capped break duration
+of recovery, 0 jobs lost, and the batch drained at the server's pace after it: the drain after
+recovery at most ``DRAIN_SLACK`` times the healthy batch's (the same jobs, width and machine,
+measured in the same run; the server's own pace, jobs x service time / width, is printed next
+to it: the rest is the client's slow start and this machine's CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -59,17 +66,33 @@ INITIAL: Final = 0.5
 MAX_DELAY: Final = 30.0
 WORKERS: Final = 4
 BREAKER: Final = CircuitBreaker()
-KINDS: Final = ("breaker", "no-breaker", "fleet", "stamina", "tenacity", "account")
+DRAIN_SLACK: Final = 1.25
+KINDS: Final = (  # each baseline before the rows compared with it
+    "healthy",
+    "breaker",
+    "no-breaker",
+    "healthy-fleet",
+    "fleet",
+    "stamina",
+    "tenacity",
+    "account",
+)
+BASELINE: Final = {"breaker": "healthy", "fleet": "healthy-fleet"}
+"""The row whose drain each outage row's is compared with (same jobs, width, processes)."""
 LABELS: Final = {
     "breaker": "resilience (circuit breaker, default)",
+    "healthy": "baseline: resilience, no outage",
     "no-breaker": "resilience, circuit_breaker=None",
     "fleet": f"resilience, {WORKERS} processes, RedisStore",
+    "healthy-fleet": f"baseline: resilience, {WORKERS} processes, RedisStore, no outage",
     "stamina": "stamina",
     "tenacity": "tenacity",
     "account": "resilience, 10,000 jobs on an empty account (402)",
 }
 ACCOUNT_JOBS: Final = 10_000
 SERVER: Final[dict[str, Any]] = {"generation_time": 0.05, "seed": 0}
+SERVER_PACE: Final = JOBS * SERVER["generation_time"] / WIDTH
+"""Seconds the server needs for the batch at this width (no plan limit here): the floor."""
 
 
 class Retryable(Exception):
@@ -85,9 +108,11 @@ class Run:
 
     ok: int = 0
     first_ok: float | None = None  # time.time() of the first success
+    last_done: float | None = None  # time.time() the last job ended (done or lost)
     fallbacks: int = 0  # RedisStore fallbacks to local limits (a loaded machine's Redis)
 
     def done(self, success: bool) -> None:
+        self.last_done = time.time()
         if success:
             self.ok += 1
             if self.first_ok is None:
@@ -186,7 +211,7 @@ async def run_tenacity(base: URL, jobs: list[str], width: int) -> Run:
 
 
 async def run_client(kind: str, base: URL, jobs: list[str], width: int, redis: Any) -> Run:
-    if kind in ("breaker", "no-breaker", "fleet"):
+    if kind in ("breaker", "healthy", "no-breaker", "fleet", "healthy-fleet"):
         return await run_resilience(base, jobs, width, breaker=kind != "no-breaker", redis=redis)
     if kind == "stamina":
         return await run_stamina(base, jobs, width)
@@ -206,7 +231,7 @@ def _control(base: URL, what: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
-def _fleet(base: URL, redis_url: str) -> tuple[list[Run], float]:
+def _fleet(base: URL, redis_url: str, *, outage: bool) -> tuple[list[Run], float]:
     namespace = f"outage-{uuid.uuid4().hex[:8]}"
     start_at = time.time() + 3.0  # every worker imported and ready: they start together
     procs = [
@@ -219,7 +244,7 @@ def _fleet(base: URL, redis_url: str) -> tuple[list[Run], float]:
         for n in range(WORKERS)
     ]  # fmt: skip
     time.sleep(max(0.0, start_at - time.time() - 0.2))
-    began = _start_outage(base)
+    began = _start_outage(base) if outage else _reset(base)
     runs = []
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
@@ -230,8 +255,13 @@ def _fleet(base: URL, redis_url: str) -> tuple[list[Run], float]:
     return runs, began
 
 
-def _start_outage(base: URL) -> float:
+def _reset(base: URL) -> float:
     _control(base, "reset")
+    return time.time()
+
+
+def _start_outage(base: URL) -> float:
+    _reset(base)
     _control(base, "configure", {"outage_for": OUTAGE, "outage_code": "DISPATCH_TIMEOUT"})
     return time.time()
 
@@ -253,6 +283,7 @@ async def _empty_account() -> dict[str, Any]:
             "into_outage": emu.stats.requests,
             "requests": emu.stats.requests,
             "first_ok_after_recovery": None,
+            "drain": None,
             "lost": ACCOUNT_JOBS - run.ok,
             "wall": time.time() - began,
         }
@@ -261,28 +292,52 @@ async def _empty_account() -> dict[str, Any]:
 def measure(kind: str, base: URL, redis_url: str | None) -> dict[str, Any]:
     if kind == "account":
         return asyncio.run(_empty_account())
-    if kind == "fleet":
+    outage = not kind.startswith("healthy")
+    if kind.endswith("fleet"):
         assert redis_url is not None
         started = time.time()
-        runs, began = _fleet(base, redis_url)
+        runs, began = _fleet(base, redis_url, outage=outage)
     else:
-        began = _start_outage(base)
+        began = _start_outage(base) if outage else _reset(base)
         jobs = [f"{kind}-{i}" for i in range(JOBS)]
         runs = [asyncio.run(run_client(kind, base, jobs, WIDTH, None))]
         started = began
     ended = time.time()
     stats = _control(base, "stats")
-    recovered = began + OUTAGE
     firsts = [r.first_ok for r in runs if r.first_ok is not None]
-    first = min(firsts) - recovered if firsts else None
+    lasts = [r.last_done for r in runs if r.last_done is not None]
     return {
         "kind": kind,
-        "into_outage": stats["outage_answers"],
+        "into_outage": stats["outage_answers"] if outage else None,
         "requests": stats["requests"],
-        "first_ok_after_recovery": first,
+        "first_ok_after_recovery": min(firsts) - (began + OUTAGE) if firsts and outage else None,
+        # From the first success to the last job's end: how fast the batch drains once the
+        # server answers (after recovery; from the start for a baseline).
+        "drain": max(lasts) - min(firsts) if firsts and lasts else None,
         "lost": JOBS - sum(r.ok for r in runs),
         "wall": ended - max(began, started),
     }
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over repeated runs of one row (None when any run had none)."""
+    row: dict[str, Any] = {"kind": runs[0]["kind"], "runs": len(runs)}
+    for key in runs[0]:
+        if key == "kind":
+            continue
+        values = [run[key] for run in runs]
+        row[key] = None if None in values else statistics.median(values)
+        if key == "drain" and row[key] is not None:
+            row["drain_range"] = (min(values), max(values))
+    return row
+
+
+def drain_verdict(row: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    """The drain against its healthy baseline: ``1.05x ok`` (within DRAIN_SLACK), or ``-``."""
+    if baseline is None or row["drain"] is None or not baseline["drain"]:
+        return "-"
+    ratio = row["drain"] / baseline["drain"]
+    return f"{ratio:.2f}x {'ok' if ratio <= DRAIN_SLACK else 'SLOW'}"
 
 
 def probes_during_outage(settings: CircuitBreaker, outage: float) -> int:
@@ -297,6 +352,10 @@ def probes_during_outage(settings: CircuitBreaker, outage: float) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def _figure(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
 async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     delay = args.start_at - time.time()
     if delay > 0:
@@ -305,13 +364,14 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     run = await run_resilience(
         URL(args.emulator), jobs, WIDTH // WORKERS, breaker=True, redis=(args.redis, args.namespace)
     )
-    return {"ok": run.ok, "first_ok": run.first_ok}
+    return {"ok": run.ok, "first_ok": run.first_ok, "last_done": run.last_done}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--only", choices=KINDS, action="append", help="run only these rows")
     parser.add_argument("--redis", default=None, help="Redis URL (default: start a redis-server)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per row (the median is shown)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--emulator", help=argparse.SUPPRESS)
@@ -326,10 +386,12 @@ def main() -> None:
         print("RESULT " + json.dumps(asyncio.run(_worker(args))), flush=True)
         return
 
-    kinds = args.only or list(KINDS)
+    wanted = set(args.only or KINDS)
+    wanted |= {BASELINE[kind] for kind in wanted if kind in BASELINE}
+    kinds = [kind for kind in KINDS if kind in wanted]
     server = None
     redis_url = args.redis
-    if redis_url is None and "fleet" in kinds:
+    if redis_url is None and any(kind.endswith("fleet") for kind in kinds):
         from tests.redis_server import RedisServer
 
         server = RedisServer()
@@ -339,34 +401,43 @@ def main() -> None:
     print(
         f"{JOBS} jobs at width {WIDTH}, {OUTAGE:g} s outage (503 DISPATCH_TIMEOUT), "
         f"max_attempts={ATTEMPTS}, max_elapsed={DEADLINE:g}; {os.cpu_count()} CPUs, "
-        f"Python {sys.version.split()[0]}"
+        f"Python {sys.version.split()[0]}; median of {args.runs} run(s) per row"
+    )
+    print(
+        f"server's pace: {JOBS} jobs x {SERVER['generation_time'] * 1000:g} ms / {WIDTH} in "
+        f"flight = {SERVER_PACE:.2f} s"
     )
     print(
         f"targets: into the outage <= {bound} (minimum throughput {BREAKER.minimum_throughput} "
         f"+ {bound - BREAKER.minimum_throughput} probes), first success <= "
-        f"{BREAKER.max_break_duration:g} s after recovery, 0 lost"
+        f"{BREAKER.max_break_duration:g} s after recovery, 0 lost, drain after recovery <= "
+        f"{DRAIN_SLACK:g}x the healthy batch's"
     )
     print()
-    print("| client | into the outage | recovery -> first success | jobs lost | wall | requests |")
-    print("|---|---:|---:|---:|---:|---:|")
-    rows = []
+    print(
+        "| client | into the outage | recovery -> first success | drain | vs healthy "
+        "| jobs lost | wall | requests |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows: dict[str, dict[str, Any]] = {}
     try:
         with EmulatorProcess(**SERVER) as emulator:
             for kind in kinds:
-                row = measure(kind, emulator.url, redis_url)
-                rows.append(row)
-                first = row["first_ok_after_recovery"]
+                row = median_row([measure(kind, emulator.url, redis_url) for _ in range(args.runs)])
+                rows[kind] = row
+                first, drain = row["first_ok_after_recovery"], row["drain"]
                 print(
-                    f"| {LABELS[kind]} | {row['into_outage']} "
-                    f"| {'-' if first is None else f'{first:.2f} s'} | {row['lost']} "
-                    f"| {row['wall']:.1f} s | {row['requests']} |",
+                    f"| {LABELS[kind]} | {_figure(row['into_outage'], '{:g}')} "
+                    f"| {_figure(first, '{:.2f} s')} | {_figure(drain, '{:.2f} s')} "
+                    f"| {drain_verdict(row, rows.get(BASELINE.get(kind, '')))} | {row['lost']:g} "
+                    f"| {row['wall']:.1f} s | {row['requests']:g} |",
                     flush=True,
                 )
     finally:
         if server is not None:
             server.close()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(list(rows.values()), indent=2))
 
 
 if __name__ == "__main__":
