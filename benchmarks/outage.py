@@ -11,9 +11,10 @@ answered ``503 DISPATCH_TIMEOUT``), sends 2,000 jobs with 200 in flight at most
 recover. Rows: resilience with its circuit breaker (the default), resilience with
 ``circuit_breaker=None``, a fleet of 4 processes (500 jobs at width 50 each) sharing one
 ``RedisStore``, and stamina and tenacity with the same budget (6 attempts, 30 s, waits from
-0.5 s doubling to 30 s, configured the way their docs suggest). Baselines: the same jobs
-through resilience with no outage, in one process and in the fleet (the adaptive limit slow-
-starts from 4 there too); a baseline runs whenever a row compared with it does.
+0.5 s doubling to 30 s, configured the way their docs suggest). Baselines, with no outage:
+the same jobs through a bare aiohttp session (the machine's pace), and through resilience in
+one process and in the fleet (the adaptive limit slow-starts from 4 there too, as after the
+recovery); a baseline runs whenever a row compared with it does.
 
 Columns: requests the outage answered, time from recovery to the first success, the drain
 (from the first success to the last job's end), jobs lost (not completed), wall time; and the
@@ -68,6 +69,7 @@ WORKERS: Final = 4
 BREAKER: Final = CircuitBreaker()
 DRAIN_SLACK: Final = 1.25
 KINDS: Final = (  # each baseline before the rows compared with it
+    "plain",
     "healthy",
     "breaker",
     "no-breaker",
@@ -81,6 +83,7 @@ BASELINE: Final = {"breaker": "healthy", "fleet": "healthy-fleet"}
 """The row whose drain each outage row's is compared with (same jobs, width, processes)."""
 LABELS: Final = {
     "breaker": "resilience (circuit breaker, default)",
+    "plain": "baseline: plain aiohttp, no middleware, no outage",
     "healthy": "baseline: resilience, no outage",
     "no-breaker": "resilience, circuit_breaker=None",
     "fleet": f"resilience, {WORKERS} processes, RedisStore",
@@ -150,6 +153,11 @@ def _connector() -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(limit=0)
 
 
+async def _batch(session: aiohttp.ClientSession, url: URL, jobs: list[str], width: int) -> Run:
+    """The jobs through a session that retries by itself (or not at all): a 200 is done."""
+    return await _width(jobs, width, lambda job: _post(session, url, job, raise_retryable=False))
+
+
 async def run_resilience(
     base: URL, jobs: list[str], width: int, *, breaker: bool, redis: tuple[str, str] | None
 ) -> Run:
@@ -166,16 +174,19 @@ async def run_resilience(
         )
     async with aiohttp.ClientSession(middlewares=(mw,), connector=_connector()) as session:
         try:
-            target = base / "v1/generate"
-            return await _width(
-                jobs, width, lambda job: _post(session, target, job, raise_retryable=False)
-            )
+            return await _batch(session, base / "v1/generate", jobs, width)
         finally:
             if store is not None:
                 fallbacks = store.stats().fallbacks
                 await store.aclose()
                 if fallbacks:
                     print(f"fallbacks: {fallbacks}", file=sys.stderr)
+
+
+async def run_plain(base: URL, jobs: list[str], width: int) -> Run:
+    """The machine's pace: the same jobs through a bare session (no retries, no limits)."""
+    async with aiohttp.ClientSession(connector=_connector()) as session:
+        return await _batch(session, base / "v1/generate", jobs, width)
 
 
 async def run_stamina(base: URL, jobs: list[str], width: int) -> Run:
@@ -213,6 +224,8 @@ async def run_tenacity(base: URL, jobs: list[str], width: int) -> Run:
 async def run_client(kind: str, base: URL, jobs: list[str], width: int, redis: Any) -> Run:
     if kind in ("breaker", "healthy", "no-breaker", "fleet", "healthy-fleet"):
         return await run_resilience(base, jobs, width, breaker=kind != "no-breaker", redis=redis)
+    if kind == "plain":
+        return await run_plain(base, jobs, width)
     if kind == "stamina":
         return await run_stamina(base, jobs, width)
     return await run_tenacity(base, jobs, width)
@@ -273,11 +286,8 @@ async def _empty_account() -> dict[str, Any]:
         mw = ResilienceMiddleware(max_attempts=ATTEMPTS, max_elapsed=DEADLINE)
         began = time.time()
         async with aiohttp.ClientSession(middlewares=(mw,), connector=_connector()) as session:
-            url = emu.url / "v1/generate"
             jobs = [f"a-{i}" for i in range(ACCOUNT_JOBS)]
-            run = await _width(
-                jobs, WIDTH, lambda job: _post(session, url, job, raise_retryable=False)
-            )
+            run = await _batch(session, emu.url / "v1/generate", jobs, WIDTH)
         return {
             "kind": "account",
             "into_outage": emu.stats.requests,
@@ -292,7 +302,7 @@ async def _empty_account() -> dict[str, Any]:
 def measure(kind: str, base: URL, redis_url: str | None) -> dict[str, Any]:
     if kind == "account":
         return asyncio.run(_empty_account())
-    outage = not kind.startswith("healthy")
+    outage = kind not in ("plain", "healthy", "healthy-fleet")
     if kind.endswith("fleet"):
         assert redis_url is not None
         started = time.time()
