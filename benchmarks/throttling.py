@@ -234,8 +234,10 @@ async def measure(base: URL, scenario: Scenario, client: str) -> Row:
         jobs = [f"{client}-{i}" for i in range(scenario.jobs)]
         floor = scenario.floor
         if not floor:
-            # Start 0.05-0.7 s into a window; the last job is admitted two windows later.
-            await asyncio.sleep((random.uniform(0.05, 0.7) - time.time() % 1.0) % 1.0)
+            # Start 0.05-0.7 s into a window; the last job is admitted two windows later. The
+            # window is a new one: the emulator's window outlives a reset of its counters, so
+            # a batch started in the second the previous batch ended in would find it spent.
+            await asyncio.sleep(1.0 - time.time() % 1.0 + random.uniform(0.05, 0.7))
             floor = math.floor(time.time()) + 2.0 - time.time()
         start = time.perf_counter()
         results = await asyncio.wait_for(CLIENTS[client](base, jobs), timeout=300)

@@ -16,6 +16,7 @@ from typing import Final
 
 import anyio
 
+from ._aligned import ALIGNED
 from ._quota import Quota
 
 __all__ = [
@@ -298,9 +299,18 @@ class QuotaCount:
     says too much), and the reset is the earliest any answer named (resets in whole seconds
     are rounded up: the earliest is the tightest). When the reset passes the whole quota is
     there again, and answers to sends before that moment are ignored.
+
+    A whole-second reset is up to a second late, so a spent count is held only until the
+    boundary the wall-clock alignment places (``Quota.aligned``, the rule in ``_aligned.py``)
+    while the origin has not contradicted it: then one probe goes, and the rest wait for its
+    answer (at most until the reset named). A refill confirms the boundary; a 429 or a count
+    that did not refill drops the alignment for this origin for good.
     """
 
-    __slots__ = ("_fresh", "_rolled", "_seq", "left", "limit", "reset_at", "window")
+    __slots__ = (
+        "_fresh", "_probing", "_rolled", "_seq", "aligned", "aligned_at", "left", "limit",
+        "reset_at", "window",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.limit: int | None = None
@@ -310,6 +320,9 @@ class QuotaCount:
         self._seq = 0  # the newest send an answer told us about
         self._rolled = -1  # answers to sends up to this one belong to an older window
         self._fresh = True  # no answer yet in this window
+        self.aligned = True  # the wall-clock alignment is not contradicted at this origin
+        self.aligned_at: float | None = None  # where it places this window's end
+        self._probing = False  # rolled at the aligned boundary: its probe is not answered yet
 
     def roll(self, now: float, sends: int) -> None:
         """The window reset: its whole quota is there again.
@@ -317,25 +330,42 @@ class QuotaCount:
         The next reset is predicted only for windows up to ``MAX_PREDICTED_WINDOW``: a longer
         one (a daily quota, or an absurd ``w``) is counted only while answers announce it, so
         our own count can never hold an origin past the gate cap with no answer to correct it.
+        At the aligned boundary of a spent count only the probe is let go.
         """
         reset_at = self.reset_at
-        if reset_at is None or now < reset_at:
+        if reset_at is None:
+            return
+        if now < reset_at:
+            at = self.aligned_at
+            if at is None or now < at + ALIGNED.skew or not self.spent() or not self.aligned:
+                return
+            self._rolled, self._fresh, self._probing = sends, True, True
+            self.left, self.aligned_at = 1, None
             return
         window = self.window
-        self._rolled, self._fresh = sends, True
+        self._rolled, self._fresh, self._probing, self.aligned_at = sends, True, False, None
         if not window or window > MAX_PREDICTED_WINDOW:
             self.left = self.reset_at = None  # nothing to count until an answer says
             return
         self.left = self.limit
         self.reset_at = reset_at + window * (1 + (now - reset_at) // window)
 
-    def answer(self, quota: Quota, seq: int, sends: int, now: float) -> None:
+    def answer(
+        self, quota: Quota, seq: int, sends: int, now: float, *, limited: bool = False
+    ) -> None:
+        """An answer (``limited``: a 429) to send ``seq`` announced ``quota``."""
         if quota.window is not None and quota.limit is not None:
             self.window = quota.window
         if quota.limit is not None:
             self.limit = quota.limit
-        if quota.remaining is None or seq <= self._rolled or seq < self._seq:
-            return  # nothing to count, or older than what we know
+        if quota.unaligned:
+            self.aligned = False
+        if seq <= self._rolled or seq < self._seq:
+            return  # older than what we know
+        if self._probing and (limited or quota.remaining is not None):
+            self._probed(refilled=not limited)
+        if quota.remaining is None:
+            return  # nothing to count
         self._seq = seq
         left = max(0, quota.remaining - (sends - seq))
         self.left = left if self._fresh or self.left is None else min(self.left, left)
@@ -348,11 +378,48 @@ class QuotaCount:
                 self.reset_at = reset_at if predicted is None else min(predicted, reset_at)
             else:
                 self.reset_at = min(self.reset_at, reset_at)
+            if quota.aligned is not None and self.aligned:
+                # Each candidate is at or after the true end (less the skew): the earliest.
+                at = now + quota.aligned
+                fresh = self._fresh or self.aligned_at is None
+                self.aligned_at = at if fresh else min(self.aligned_at or at, at)
         self._fresh = False
+
+    def _probed(self, *, refilled: bool) -> None:
+        """The first answer after the roll at the aligned boundary. The count was spent: had
+        the window not ended, the server would have refused the probe; a success (with its
+        remaining, the server's own count of the new window) shows the quota refilled."""
+        self._probing = False
+        if refilled:
+            self.reset_at = None  # the window ended: the reset named for it is past
+            return
+        # Not refilled: still the old window, and the alignment is wrong for this origin.
+        self.aligned, self.aligned_at, self._fresh = False, None, False
+        self.left = 0
+
+    def throttled(self, seq: int) -> None:
+        """A 429 while counting: the quota is spent sooner than counted."""
+        if self._probing and seq > self._rolled:
+            self._probed(refilled=False)
+        self.left = 0
 
     def spent(self) -> bool:
         """True when no send is left before a known reset."""
         return self.left is not None and self.left <= 0 and self.reset_at is not None
+
+    def wait(self, now: float) -> float:
+        """Seconds a spent quota holds the origin's sends: until the aligned boundary, or the
+        reset; while the probe is out, a short look again (at most until the reset)."""
+        if not self.spent():
+            return 0.0
+        assert self.reset_at is not None
+        until = self.reset_at - now
+        if self._probing:
+            return max(0.0, min(until, ALIGNED.probe_poll))
+        at = self.aligned_at
+        if at is not None and self.aligned:
+            until = min(until, at + ALIGNED.skew - now)
+        return max(0.0, until)
 
 
 class RatePacer:
@@ -453,7 +520,7 @@ class RatePacer:
         """Seconds until the next send may go (gate open and a pacing token there)."""
         now = self._clock()
         self._quota.roll(now, self.sends)
-        gate = max(0.0, self._blocked_until - now, self._quota_wait(now))
+        gate = max(0.0, self._blocked_until - now, self._quota.wait(now))
         if self._bucket is None:
             return gate
         if self._ramp is not None:
@@ -490,14 +557,6 @@ class RatePacer:
         self._open_at, self._open_ok = until, 0
         return closed
 
-    def _quota_wait(self, now: float) -> float:
-        """A spent quota holds the origin's sends until its reset, as a 429's gate does."""
-        quota = self._quota
-        if quota.spent():
-            assert quota.reset_at is not None
-            return max(0.0, quota.reset_at - now)
-        return 0.0
-
     # ------------------------------------------------------------------ responses
 
     def on_response(
@@ -532,13 +591,15 @@ class RatePacer:
                 self._announced = quota.rate
             count.roll(now, self.sends)
             spent = count.spent()
-            count.answer(quota, self.sends if seq is None else seq, self.sends, now)
+            count.answer(
+                quota, self.sends if seq is None else seq, self.sends, now, limited=rate_limited
+            )
             closed = not spent and count.spent() and self._blocked_until <= now
         if rate_limited and count.reset_at is not None and count.left is not None:
             # Counting an announced quota, a 429 means it is spent sooner than counted (other
             # clients, a race): hold until the reset and the 429's own gate. The quota paces;
             # there is nothing to discover.
-            count.left = 0
+            count.throttled(self.sends if seq is None else seq)
             if retry_after is not None:
                 closed = self._close(now + retry_after) or closed
             return closed

@@ -17,6 +17,10 @@ Every field is judged on its own: a garbage, signed, fractional (for counts), ab
 or contradictory value, or duplicated lines that disagree, drop that field and keep the rest.
 Nothing here raises on a header's content. When several policies are announced the one with
 the least remaining quota governs (it is the one that will stop the sends first).
+
+A reset in whole delta seconds places the window's end only to within a second; the answer
+also carries where the end falls if windows are aligned to the wall clock (``aligned``, the
+rule in ``_aligned.py``), for the quota count to hold until that instead, once verified.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 from multidict import istr
+
+from ._aligned import ALIGNED
 
 __all__ = ["MAX_RESET", "QUOTA_HEADERS", "UNIX_TIME_FROM", "Quota", "parse_quota", "read_quota"]
 
@@ -71,13 +77,19 @@ _PARTS: Final = re.compile(r'(?:"[^"]*"|[^;"])+')
 class Quota:
     """What one answer announced about the origin's rate limit; None: not announced (or bad).
 
-    ``reset`` is seconds from the answer to the moment ``remaining`` is restored.
+    ``reset`` is seconds from the answer to the moment ``remaining`` is restored. A reset in
+    whole delta seconds is rounded up, so the restore is up to a second sooner: ``aligned`` is
+    seconds to the one moment of that second that is a multiple of the window in wall-clock
+    time (where windows keyed by ``floor(time / window)`` end), and ``unaligned`` says the
+    answer contradicts such alignment (see ``_aligned.py``).
     """
 
     limit: int | None = None
     window: float | None = None
     remaining: int | None = None
     reset: float | None = None
+    aligned: float | None = None
+    unaligned: bool = False
 
     @property
     def rate(self) -> float | None:
@@ -97,6 +109,7 @@ class _Policy:
     window: float | None = None
     remaining: int | None = None
     reset: float | None = None
+    whole: int | None = None  # the reset, when given as whole delta seconds (rounded)
 
 
 def _lines(headers: Mapping[str, str], name: str) -> list[str]:
@@ -134,16 +147,21 @@ def _seconds(raw: str | None, limit: float) -> float | None:
     return value if value <= limit else None
 
 
-def _server_now(headers: Mapping[str, str], now: float) -> float:
-    """The server's clock when it differs from ours by more than :data:`CLOCK_SKEW`."""
+def _date(headers: Mapping[str, str]) -> float | None:
+    """The server's ``Date`` as a Unix time, or None (absent or garbage)."""
     raw = headers.get("Date")
     if raw is None:
-        return now
+        return None
     try:
-        server = parsedate_to_datetime(raw).timestamp()
+        return parsedate_to_datetime(raw).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
-        return now
-    return server if abs(server - now) > CLOCK_SKEW else now
+        return None
+
+
+def _server_now(headers: Mapping[str, str], now: float) -> float:
+    """The server's clock when it differs from ours by more than :data:`CLOCK_SKEW`."""
+    server = _date(headers)
+    return server if server is not None and abs(server - now) > CLOCK_SKEW else now
 
 
 def _reset(raw: str | None, headers: Mapping[str, str], now: float | None) -> float | None:
@@ -158,6 +176,14 @@ def _reset(raw: str | None, headers: Mapping[str, str], now: float | None) -> fl
     return delta if delta <= MAX_RESET else None
 
 
+def _whole(raw: str | None) -> int | None:
+    """A reset given as whole delta seconds (not a Unix time, no fraction), else None."""
+    if raw is None or not _INT.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if value <= MAX_RESET else None
+
+
 def _consistent(policy: _Policy) -> _Policy:
     """Remaining above the limit is a contradiction: neither is trusted."""
     if (
@@ -165,7 +191,7 @@ def _consistent(policy: _Policy) -> _Policy:
         and policy.remaining is not None
         and policy.remaining > policy.limit
     ):
-        return _Policy(window=policy.window, reset=policy.reset)
+        return _Policy(window=policy.window, reset=policy.reset, whole=policy.whole)
     return policy
 
 
@@ -204,13 +230,15 @@ def _structured(headers: Mapping[str, str], now: float | None) -> list[_Policy]:
     policies = []
     for key in dict.fromkeys([*states, *quotas]):
         quota, state = quotas.get(key, {}), states.get(key, {})
+        reset = _one(state.get("t", []))
         policies.append(
             _consistent(
                 _Policy(
                     limit=_count(_one(quota.get("q", []))) or None,
                     window=_seconds(_one(quota.get("w", [])), MAX_WINDOW) or None,
                     remaining=_count(_one(state.get("r", []))),
-                    reset=_reset(_one(state.get("t", [])), headers, now),
+                    reset=_reset(reset, headers, now),
+                    whole=_whole(reset),
                 )
             )
         )
@@ -235,8 +263,8 @@ def _fields(headers: Mapping[str, str], prefix: str, now: float | None) -> _Poli
     """``<prefix>Limit`` / ``-Remaining`` / ``-Reset`` (the older draft, X-RateLimit)."""
     limit, window = _limit(_values(headers, prefix + "Limit"))
     remaining = _count(_one(_values(headers, prefix + "Remaining")))
-    reset = _reset(_one(_values(headers, prefix + "Reset")), headers, now)
-    return _consistent(_Policy(limit, window, remaining, reset))
+    raw = _one(_values(headers, prefix + "Reset"))
+    return _consistent(_Policy(limit, window, remaining, _reset(raw, headers, now), _whole(raw)))
 
 
 def _governing(policies: list[_Policy]) -> _Policy | None:
@@ -260,7 +288,11 @@ def parse_quota(headers: Mapping[str, str], now: float | None = None) -> Quota |
     chosen = _governing([p for p in policies if p != _Policy()])
     if chosen is None:
         return None
-    quota = Quota(chosen.limit, chosen.window, chosen.remaining, chosen.reset)
+    aligned, unaligned = None, False
+    if chosen.whole is not None and chosen.reset is not None:
+        wall = time.time() if now is None else now
+        aligned, unaligned = ALIGNED.judge(wall, chosen.whole, chosen.window, _date(headers))
+    quota = Quota(chosen.limit, chosen.window, chosen.remaining, chosen.reset, aligned, unaligned)
     return None if quota.empty else quota
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from resilience._pacing import PACING, QuotaCount, RatePacer
-from resilience._quota import Quota
+from resilience._quota import Quota, parse_quota
 
 RTT = 0.002
+WALL = 1_700_000_000.0
+"""The wall-clock time at virtual time 0 (a whole second: windows start at multiples)."""
 
 
 class FakeClock:
@@ -29,14 +31,16 @@ class FakeClock:
         return self.now
 
 
-# A server: (time it decides) -> (admitted, Retry-After or None, quota announced or None)
-Server = Callable[[float], tuple[bool, float | None, Quota | None]]
+# A server: (time it decides) -> (admitted, Retry-After or None, quota announced or None);
+# the quota as headers is read when the answer arrives, on the client's wall clock (WALL + t).
+Announced = Quota | Mapping[str, str] | None
+Server = Callable[[float], tuple[bool, float | None, Announced]]
 
 
 def token_bucket(rate: float, burst: int, style: str) -> Server:
     state = {"tokens": float(burst), "stamp": 0.0}
 
-    def decide(t: float) -> tuple[bool, float | None, Quota | None]:
+    def decide(t: float) -> tuple[bool, float | None, Announced]:
         tokens = min(float(burst), state["tokens"] + (t - state["stamp"]) * rate)
         state["stamp"] = t
         if tokens >= 1:
@@ -54,7 +58,7 @@ def fixed_window(limit: int, window: float, phase: float) -> Server:
     is announced exactly (a Unix-time reset)."""
     state = {"index": -1, "used": 0}
 
-    def decide(t: float) -> tuple[bool, float | None, Quota | None]:
+    def decide(t: float) -> tuple[bool, float | None, Announced]:
         index = math.floor((t + phase) / window)
         if index != state["index"]:
             state["index"], state["used"] = index, 0
@@ -67,11 +71,14 @@ def fixed_window(limit: int, window: float, phase: float) -> Server:
     return decide
 
 
-def run_batch(server: Server, jobs: int, *, horizon: float = 60.0) -> tuple[float, int, int]:
-    """Send ``jobs`` jobs through a pacer; returns (time the last job succeeded, attempts,
-    gates closed). In flight starts at 4 and grows by one per success, as the adaptive
-    concurrency limit's slow start does (a rate 429 does not cut it)."""
-    clock = FakeClock()
+def run_batch(
+    server: Server, jobs: int, *, horizon: float = 60.0, start: float = 0.0
+) -> tuple[float, int, int]:
+    """Send ``jobs`` jobs through a pacer from virtual time ``start``; returns (time the last
+    job succeeded, attempts, gates closed). In flight starts at 4 and grows by one per
+    success, as the adaptive concurrency limit's slow start does (a rate 429 does not cut
+    it)."""
+    clock = FakeClock(start)
     pacer = RatePacer(clock=clock)
     events: list[tuple[float, int, str, tuple[Any, ...]]] = []  # (time, tie, kind, payload)
     tie = 0
@@ -82,7 +89,7 @@ def run_batch(server: Server, jobs: int, *, horizon: float = 60.0) -> tuple[floa
         tie += 1
         heapq.heappush(events, (t, tie, kind, payload))
 
-    push(0.0, "send", ())
+    push(start, "send", ())
     while events and done < jobs:
         t, _, kind, payload = heapq.heappop(events)
         assert t < horizon, "the batch did not finish"
@@ -101,6 +108,8 @@ def run_batch(server: Server, jobs: int, *, horizon: float = 60.0) -> tuple[floa
             push(t + RTT / 2, "answer", (seq, epoch, *server(t)))
         else:
             seq, epoch, admitted, retry_after, quota = payload
+            if isinstance(quota, Mapping):
+                quota = parse_quota(quota, now=WALL + t)
             in_flight -= 1
             if pacer.on_response(
                 rate_limited=not admitted,
