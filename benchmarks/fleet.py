@@ -16,6 +16,9 @@ workers (the plan and rate limits belong to the key, not to a process):
 * window-x-unix: 4 x 75 jobs, a fixed window of 100 requests per wall-clock second announced in
   X-RateLimit-* headers (Unix-time Reset): floor the start of the third window, the batch
   starting 0.05-0.7 s into a second.
+* window-ietf, window-ietf-old, window-x: the same window announced with a delta Reset in whole
+  seconds: ``RateLimit``/``RateLimit-Policy``, ``RateLimit-Limit/-Remaining/-Reset``,
+  ``X-RateLimit-*``.
 
 Rows: resilience with the in-process store in each worker, resilience with one ``RedisStore``
 shared by the fleet, and stamina and tenacity in each worker (5 attempts, 0.5 s initial wait,
@@ -66,6 +69,9 @@ SCENARIOS: Final = {
     "plan": throttling.SCENARIOS[0],
     "rate": throttling.SCENARIOS[1],
     "rate-seconds": throttling.SCENARIOS[3],
+    "window-ietf": throttling.SCENARIOS[5],
+    "window-ietf-old": throttling.SCENARIOS[6],
+    "window-x": throttling.SCENARIOS[7],
     "window-x-unix": throttling.SCENARIOS[8],
 }
 

@@ -198,8 +198,9 @@ def test_the_pacing_rate_after_a_429_is_the_same(redis: Redis, n: int, span: flo
 
 # --------------------------------------------------------------------------- announced quota
 
-# steps: ("answer", now, seq, remaining, reset, limit, window) | ("take", now) | ("roll", now)
-# (seconds; None: not announced) -> (left, reset_at) after each step, Python and Lua alike
+# steps: ("answer", now, seq, remaining, reset, limit, window[, aligned, unaligned, limited])
+# | ("take", now) | ("roll", now) | ("throttled", now) (seconds; None: not announced)
+# -> (left, reset_at, wait) after each step, Python and Lua alike
 QUOTA_RUNS = [
     # an answer, then sends taken from what it says remains, then the reset
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.1), ("take", 0.1), ("roll", 1.0)],
@@ -212,6 +213,20 @@ QUOTA_RUNS = [
      ("roll", 1.05), ("answer", 1.1, 1, 0, 0.0, 5, None), ("take", 1.2)],
     # no window: after the reset nothing is known of the next one
     [("answer", 0.0, 0, 0, 0.5, 4, None), ("roll", 0.6), ("take", 0.7)],
+    # wall-clock alignment: held to the aligned end, one probe, its success refills
+    [("answer", 0.4, 0, 0, 1.0, 10, 1.0, 0.6, 0, 0), ("roll", 0.9), ("roll", 1.03),
+     ("take", 1.03), ("take", 1.03), ("answer", 1.04, 1, 9, 1.0, 10, 1.0, 0.96, 0, 0),
+     ("take", 1.05)],
+    # a 429 to the probe: dropped for good, the named reset holds
+    [("answer", 0.4, 0, 0, 1.0, 10, 1.0, 0.6, 0, 0), ("take", 1.03),
+     ("answer", 1.04, 1, 0, 1.0, 10, 1.0, 0.96, 0, 1), ("roll", 1.2), ("roll", 1.4),
+     ("take", 1.45), ("answer", 1.5, 0, 0, 1.0, 10, 1.0, 0.5, 0, 0)],
+    # a 429 with no headers to the probe; an answer that contradicts alignment
+    [("answer", 0.4, 0, 0, 1.0, 10, 1.0, 0.6, 0, 0), ("take", 1.03), ("throttled", 1.04)],
+    [("answer", 0.5, 0, 0, 30.0, 10, 60.0, None, 1, 0), ("roll", 1.0),
+     ("answer", 0.6, 0, 0, 30.0, 10, 60.0, 29.4, 0, 0), ("roll", 1.0)],
+    # not spent at the aligned end: the old count until the named reset
+    [("answer", 0.4, 0, 3, 1.0, 10, 1.0, 0.6, 0, 0), ("roll", 1.1), ("take", 1.1)],
 ]  # fmt: skip
 
 
@@ -220,19 +235,20 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
     count, sends, expected = QuotaCount(), 0, []
     for step in steps:
         kind, now = step[0], step[1]
+        count.roll(now, sends)
         if kind == "answer":
-            _, _, seq, remaining, reset, limit, window = step
-            count.roll(now, sends)
-            count.answer(Quota(limit, window, remaining, reset), seq or sends, sends, now)
-        elif kind == "take":
-            count.roll(now, sends)
-            if count.left is not None:
-                count.left -= 1
-                sends += 1
-        else:
-            count.roll(now, sends)
+            seq, remaining, reset, limit, window = step[2:7]
+            aligned, unaligned, limited = (*step[7:], None, 0, 0)[:3]
+            quota = Quota(limit, window, remaining, reset, aligned, bool(unaligned))
+            count.answer(quota, seq or sends, sends, now, limited=bool(limited))
+        elif kind == "take" and count.left is not None:
+            count.left -= 1
+            sends += 1
+        elif kind == "throttled":
+            count.throttled(sends)
         reset_at = -1.0 if count.reset_at is None else round(count.reset_at * 1000, 3)
-        expected += [-1 if count.left is None else count.left, reset_at]
+        wait = round(count.wait(now) * 1000, 3)
+        expected += [-1 if count.left is None else count.left, reset_at, wait]
     key = f"rules:quota:{len(steps)}:{steps[0][1]}"
     redis.delete(key)
     got = json.loads(
@@ -244,13 +260,20 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             "   quota_roll(q, now)"
             "   if s[1] == 'answer' then"
             "     local seq = s[3] if seq <= 0 then seq = q.sends end"
-            "     local function ms(x) if x == cjson.null then return -1 end return x * 1000 end"
-            "     quota_answer(q, seq, s[4], ms(s[5]), none(s[6]), ms(s[7]), now)"
+            "     local function ms(x)"
+            "       if x == nil or x == cjson.null then return -1 end return x * 1000"
+            "     end"
+            "     local un, lim = s[9] or 0, s[10] or 0"
+            "     quota_answer(q, seq, s[4], ms(s[5]), none(s[6]), ms(s[7]), now, ms(s[8]),"
+            "                  un, lim)"
             "   elseif s[1] == 'take' and q.qleft then"
             "     q.qleft = q.qleft - 1 q.sends = q.sends + 1"
+            "   elseif s[1] == 'throttled' then"
+            "     quota_throttled(q)"
             "   end"
             "   quota_save(key, q)"
             "   out[#out + 1] = q.qleft or -1 out[#out + 1] = q.qreset or -1"
+            "   out[#out + 1] = quota_wait(q, now)"
             " end return cjson.encode(out)",
             1,
             key,

@@ -328,6 +328,30 @@ async def test_an_announced_quota_is_counted_down_by_the_whole_fleet(
         admission.release()
 
 
+async def test_the_fleet_holds_a_spent_quota_to_its_aligned_end_then_lets_one_probe_go(
+    server: RedisServer, namespace: str
+) -> None:
+    async with (
+        RedisStore.from_url(server.url, namespace=namespace) as a,
+        RedisStore.from_url(server.url, namespace=namespace) as b,
+    ):
+        admission = await a.admit(ORIGIN, None)
+        spent = Quota(10, 1.0, 0, 0.9, aligned=0.1)  # named: 0.9 s; aligned: 0.1 s
+        await admission.report(Feedback(Signal.SUCCESS, quota=spent))
+        admission.release()
+        started = time.monotonic()
+        probe = await b.admit(ORIGIN, None)
+        assert 0.1 <= time.monotonic() - started < 0.6
+        with pytest.raises(DeadlineExceeded):
+            await a.admit(ORIGIN, time.monotonic() + 0.1)  # the probe is out: the rest wait
+        refilled = Quota(10, 1.0, 9, 1.0, aligned=0.9)
+        await probe.report(Feedback(Signal.SUCCESS, quota=refilled))
+        probe.release()
+        await b.drain()
+        admission = await a.admit(ORIGIN, time.monotonic() + 0.3)  # confirmed: the rest go
+        admission.release()
+
+
 async def test_pacing_after_a_rate_limit_is_shared(
     server: RedisServer, raw: Redis, namespace: str
 ) -> None:

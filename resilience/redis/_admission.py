@@ -45,7 +45,8 @@ class SharedAdmission:
         self.rate_epoch = rate_epoch  # the pacing epoch of the slot it was sent in
         self.seq = seq  # the send's number in the fleet's quota count (0: not counting)
         # What the release feeds in: 0 none, 1 success, 2 another answer; with the quota the
-        # answer announced: "answer|seq|remaining|reset_ms|limit|window_ms" (-1: not said).
+        # answer announced: "answer|seq|remaining|reset_ms|limit|window_ms|aligned_ms|unaligned"
+        # (-1: not said; unaligned 0 or 1).
         self._answer: int | str = 0
 
     @property
@@ -65,10 +66,10 @@ class SharedAdmission:
             if not spent:
                 return
         store = self._store
-        kind = 1 if signal is Signal.CONCURRENCY else 2
+        kind, spent_quota = (1 if signal is Signal.CONCURRENCY else 2), ""
         if answer is not None:
             assert quota is not None
-            kind, retry_after = 3, quota.reset
+            kind, retry_after, spent_quota = 3, quota.reset, str(self._answer)
         if store._fallback.shared:
             lease = self.lease
             try:
@@ -78,7 +79,7 @@ class SharedAdmission:
                     store._keys.limit_keys(self.origin),
                     [kind, lease.id, lease.epoch,
                      -1 if retry_after is None else round(retry_after * 1000, 3),
-                     self.rate_epoch, *store._settings.limit_args],
+                     self.rate_epoch, *store._settings.limit_args, spent_quota],
                     idempotent=False,
                 )  # fmt: skip
             except Unavailable:
@@ -112,7 +113,7 @@ class SharedAdmission:
 
         return (
             f"{answer}|{self.seq}|{count(quota.remaining)}|{ms(quota.reset)}"
-            f"|{count(quota.limit)}|{ms(quota.window)}"
+            f"|{count(quota.limit)}|{ms(quota.window)}|{ms(quota.aligned)}|{int(quota.unaligned)}"
         )
 
     def succeeded(self) -> bool:

@@ -6,7 +6,8 @@ the rendered constants, then every library in ``scripts/lib/`` in file-name orde
 library is a new file: ``50_quota.lua`` runs after ``40_limit.lua``), then the script itself.
 
 The constants come from the pure rules, never from the Lua files: ``PacingRule``
-(``resilience/_pacing.py``) for the pacer, and ``REORDER`` below, which only a fleet needs.
+(``resilience/_pacing.py``) for the pacer, ``Alignment`` (``resilience/_aligned.py``) for the
+quota count's wall-clock alignment, and ``REORDER`` below, which only a fleet needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final
 
 from redis.commands.core import AsyncScript
 
+from .._aligned import ALIGNED, Alignment
 from .._breaker import BUCKETS as BREAKER_BUCKETS
 from .._pacing import MAX_PREDICTED_WINDOW, PACING, PacingRule
 
@@ -28,7 +30,7 @@ REORDER: Final = 0.003
 first (sends race between processes): such a permit counts as sent before it in a cut."""
 
 
-def constants(rule: PacingRule = PACING) -> dict[str, float]:
+def constants(rule: PacingRule = PACING, aligned: Alignment = ALIGNED) -> dict[str, float]:
     """The values the scripts see as Lua globals-by-name (times in milliseconds)."""
     return {
         "BETA": rule.beta,
@@ -42,6 +44,8 @@ def constants(rule: PacingRule = PACING) -> dict[str, float]:
         "REORDER_MS": REORDER * 1000,
         "BREAKER_BUCKETS": BREAKER_BUCKETS,
         "MAX_PREDICTED_WINDOW_MS": MAX_PREDICTED_WINDOW * 1000,
+        "ALIGN_SKEW_MS": aligned.skew * 1000,
+        "PROBE_POLL_MS": aligned.probe_poll * 1000,
     }
 
 

@@ -1,8 +1,8 @@
 -- A throttling answer, applied at once. KEYS: ctl permits order wake rate
--- ARGV: kind (1 = plan limit, 2 = rate limit, 3 = an announced quota spent: hold the origin
---       until its reset, retry_after_ms, as a 429's gate but without a cut) lease
+-- ARGV: kind (1 = plan limit, 2 = rate limit, 3 = an announced quota spent: into the quota
+--       count at once, which holds the origin until its reset or aligned end) lease
 --       permit_epoch retry_after_ms rate_epoch
---       initial ceiling lease_ttl_ms state_ttl_ms
+--       initial ceiling lease_ttl_ms state_ttl_ms [quota: the answer as the release carries it]
 -- -> {old_limit, new_limit, gate_closed, pace_milli_rps (-1: not pacing)}
 local ctl, permits, order, wake, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
@@ -29,9 +29,21 @@ if kind == 1 and tonumber(ARGV[3]) == st.epoch then
 end
 if st.dirty then save_limit(ctl, st, state_ttl) end
 if kind == 3 then
+  -- the answer's quota now, not with the release: the fleet holds from this answer on (the
+  -- release feeds it again, which changes nothing)
   local p = pacer_load(rkey)
-  local closed = pacer_close(p, now, now + tonumber(ARGV[4]))
-  pacer_save(rkey, p)
+  local q = quota_load(rkey)
+  quota_roll(q, now)
+  local _, a = quota_parse(ARGV[10])
+  local closed = 0
+  if a then
+    local open = quota_wait(q, now) <= 0 and p.blocked <= now
+    local seq = a[1]
+    if seq <= 0 then seq = q.sends end  -- sent before counting began: the latest
+    quota_answer(q, seq, a[2], a[3], a[4], a[5], now, a[6], a[7], 0)
+    if open and quota_wait(q, now) > 0 then closed = 1 end
+    quota_save(rkey, q)
+  end
   redis.call('PEXPIRE', rkey, state_ttl)
   local milli = -1
   if p.rate then milli = math.floor(p.rate * 1000) end

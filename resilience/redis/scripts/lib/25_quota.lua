@@ -2,8 +2,12 @@
 -- fleet's sends between answers, in the origin's hash: qleft (sends left; absent: nothing to
 -- count), qreset (ms), qlimit, qwin (ms), qseq (the newest send an answer told of), qrolled
 -- (answers to sends up to this one belong to an older window), qfresh (1: no answer yet in
--- this window), sends (the fleet's send counter while counting). Times in ms.
-local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qseq', 'qrolled', 'qfresh', 'sends'}
+-- this window), sends (the fleet's send counter while counting); the wall-clock alignment
+-- (resilience/_aligned.py): qal (ms, where it places this window's end), qunal (1: contradicted
+-- at this origin, for good), qprobe (1: rolled at the aligned end, its probe not answered).
+-- Times in ms.
+local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qseq', 'qrolled', 'qfresh', 'sends',
+                      'qal', 'qunal', 'qprobe'}
 
 local function quota_load(key)
   local q = hash_load(key, QUOTA_FIELDS)
@@ -18,12 +22,23 @@ local function quota_save(key, q)
   hash_save(key, QUOTA_FIELDS, q)
 end
 
+-- QuotaCount.spent: no send left before a known reset
+local function quota_spent(q)
+  return q.qleft ~= nil and q.qleft <= 0 and q.qreset ~= nil
+end
+
 -- QuotaCount.roll: the window reset, its whole quota is there again; the next reset is
 -- predicted only for windows up to MAX_PREDICTED_WINDOW (a longer one: nothing to count until
--- an answer says)
+-- an answer says). At the aligned end of a spent count only the probe is let go.
 local function quota_roll(q, now)
-  if q.qreset == nil or now < q.qreset then return end
-  q.qrolled, q.qfresh = q.sends, 1
+  if q.qreset == nil then return end
+  if now < q.qreset then
+    if q.qal == nil or now < q.qal + ALIGN_SKEW_MS or not quota_spent(q) or q.qunal then return end
+    q.qrolled, q.qfresh, q.qprobe = q.sends, 1, 1
+    q.qleft, q.qal = 1, nil
+    return
+  end
+  q.qrolled, q.qfresh, q.qprobe, q.qal = q.sends, 1, nil, nil
   if q.qwin and q.qwin > 0 and q.qwin <= MAX_PREDICTED_WINDOW_MS then
     q.qleft = q.qlimit
     q.qreset = q.qreset + q.qwin * (1 + math.floor((now - q.qreset) / q.qwin))
@@ -32,12 +47,27 @@ local function quota_roll(q, now)
   end
 end
 
--- QuotaCount.answer: an answer to send `seq` announced `remaining` (-1: none) until `reset`
--- ms from now (-1: none), of `limit` (-1) per `win` ms (-1)
-local function quota_answer(q, seq, remaining, reset, limit, win, now)
+-- QuotaCount._probed: the first answer after the roll at the aligned end; a success shows the
+-- quota refilled, a 429 that the window had not ended (the alignment is dropped for good)
+local function quota_probed(q, refilled)
+  q.qprobe = nil
+  if refilled then
+    q.qreset = nil
+    return
+  end
+  q.qunal, q.qal, q.qfresh, q.qleft = 1, nil, 0, 0
+end
+
+-- QuotaCount.answer: an answer to send `seq` (limited: 1 for a 429) announced `remaining`
+-- (-1: none) until `reset` ms from now (-1: none), of `limit` (-1) per `win` ms (-1); the
+-- aligned end `aligned` ms from now (-1: none), `unaligned` 1 when it contradicts alignment
+local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, unaligned, limited)
   if win >= 0 and limit >= 0 then q.qwin = win end
   if limit >= 0 then q.qlimit = limit end
-  if remaining < 0 or seq <= q.qrolled or seq < q.qseq then return end
+  if unaligned == 1 then q.qunal = 1 end
+  if seq <= q.qrolled or seq < q.qseq then return end
+  if q.qprobe and (limited == 1 or remaining >= 0) then quota_probed(q, limited ~= 1) end
+  if remaining < 0 then return end
   q.qseq = seq
   local left = math.max(0, remaining - (q.sends - seq))
   if q.qfresh == 1 or q.qleft == nil then q.qleft = left else q.qleft = math.min(q.qleft, left) end
@@ -48,22 +78,38 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now)
     else
       q.qreset = math.min(q.qreset, at)
     end
+    if aligned >= 0 and not q.qunal then
+      local end_at = now + aligned
+      if q.qfresh == 1 or q.qal == nil then q.qal = end_at else q.qal = math.min(q.qal, end_at) end
+    end
   end
   q.qfresh = 0
 end
 
--- QuotaCount.spent -> ms until the reset (0: not spent)
-local function quota_wait(q, now)
-  if q.qleft ~= nil and q.qleft <= 0 and q.qreset ~= nil then return math.max(0, q.qreset - now) end
-  return 0
+-- QuotaCount.throttled: a 429 while counting, the quota is spent sooner than counted (the
+-- fleet's 429 carries no send number: one while the probe is out is the probe's)
+local function quota_throttled(q)
+  if q.qprobe then quota_probed(q, false) end
+  q.qleft = 0
 end
 
--- An answer's quota as the release carries it: "answer|seq|remaining|reset_ms|limit|win_ms"
--- (-1: not announced). A plain number is an answer without one.
+-- QuotaCount.wait -> ms a spent quota holds the origin: until the aligned end or the reset;
+-- while the probe is out, a short look again (at most until the reset)
+local function quota_wait(q, now)
+  if not quota_spent(q) then return 0 end
+  local untl = q.qreset - now
+  if q.qprobe then return math.max(0, math.min(untl, PROBE_POLL_MS)) end
+  if q.qal ~= nil and not q.qunal then untl = math.min(untl, q.qal + ALIGN_SKEW_MS - now) end
+  return math.max(0, untl)
+end
+
+-- An answer's quota as the release carries it:
+-- "answer|seq|remaining|reset_ms|limit|win_ms|aligned_ms|unaligned" (-1: not announced;
+-- unaligned 0 or 1). A plain number is an answer without one.
 local function quota_parse(raw)
-  local answer, seq, rem, reset, limit, win =
-    string.match(raw, '^(%d+)|(%-?%d+)|(%-?%d+)|(%-?[%d.]+)|(%-?%d+)|(%-?[%d.]+)$')
+  local answer, seq, rem, reset, limit, win, aligned, unaligned = string.match(raw,
+    '^(%d+)|(%-?%d+)|(%-?%d+)|(%-?[%d.]+)|(%-?%d+)|(%-?[%d.]+)|(%-?[%d.]+)|([01])$')
   if answer == nil then return tonumber(raw), nil end
   return tonumber(answer), {tonumber(seq), tonumber(rem), tonumber(reset), tonumber(limit),
-                            tonumber(win)}
+                            tonumber(win), tonumber(aligned), tonumber(unaligned)}
 end

@@ -105,7 +105,7 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
   if limited and q.qleft ~= nil and q.qreset ~= nil then
     -- counting an announced quota, a 429 means it is spent sooner than counted (other
     -- clients, a race): hold until the reset and the 429's own gate; nothing to discover
-    q.qleft = 0
+    quota_throttled(q)
     quota_save(key, q)
     if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
   elseif limited then

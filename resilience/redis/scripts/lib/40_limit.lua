@@ -59,7 +59,7 @@ local function release_leases(st, permits, order, rkey, ceiling, args, first, no
         quota_roll(q, now)
         local seq = quota[1]
         if seq <= 0 then seq = q.sends end  -- sent before counting began: the latest
-        quota_answer(q, seq, quota[2], quota[3], quota[4], quota[5], now)
+        quota_answer(q, seq, quota[2], quota[3], quota[4], quota[5], now, quota[6], quota[7], 0)
         quota_save(rkey, q)
       end
     end
