@@ -327,10 +327,12 @@ class QuotaCount:
     def roll(self, now: float, sends: int) -> None:
         """The window reset: its whole quota is there again.
 
-        The next reset is predicted only for windows up to ``MAX_PREDICTED_WINDOW``: a longer
-        one (a daily quota, or an absurd ``w``) is counted only while answers announce it, so
-        our own count can never hold an origin past the gate cap with no answer to correct it.
-        At the aligned boundary of a spent count only the probe is let go.
+        The next reset is predicted only for windows up to ``MAX_PREDICTED_WINDOW``: for a
+        longer one (a daily quota, or an absurd ``w``) or one not announced, the sends are
+        still counted from the announced limit (every send keeps its number, so the first
+        answers of the new window correct the count for the sends in flight), but with no
+        reset our own count never holds the origin: only an answer's reset can. At the aligned
+        boundary of a spent count only the probe is let go.
         """
         reset_at = self.reset_at
         if reset_at is None:
@@ -344,10 +346,10 @@ class QuotaCount:
             return
         window = self.window
         self._rolled, self._fresh, self._probing, self.aligned_at = sends, True, False, None
-        if not window or window > MAX_PREDICTED_WINDOW:
-            self.left = self.reset_at = None  # nothing to count until an answer says
-            return
         self.left = self.limit
+        if not window or window > MAX_PREDICTED_WINDOW:
+            self.reset_at = None  # no hold until an answer names the next reset
+            return
         self.reset_at = reset_at + window * (1 + (now - reset_at) // window)
 
     def answer(

@@ -275,7 +275,19 @@ def test_a_long_window_is_not_predicted_so_our_own_count_cannot_hold_the_origin(
         assert pacer.delay() == 0.0
         pacer.take()
         pacer.on_response(rate_limited=False, retry_after=None, epoch=0)
-    assert pacer.quota_left is None
+    assert pacer.delay() == 0.0  # counted from the limit, but no reset named: never held
+
+
+def test_with_no_window_announced_the_next_window_is_counted_from_the_limit() -> None:
+    # No reset is predicted, but sends keep their numbers: the first answers of the new window
+    # are corrected for the sends in flight (uncounted, they were read as the latest).
+    count = QuotaCount()
+    count.answer(Quota(10, None, 0, 0.5), seq=3, sends=3, now=0.0)
+    count.roll(0.6, sends=3)
+    assert (count.left, count.reset_at) == (10, None)
+    assert not count.spent()  # no reset named: our own count holds nothing
+    count.answer(Quota(10, None, 9, 1.0), seq=4, sends=9, now=0.61)  # 5 more in flight
+    assert count.left == 4
 
 
 def test_a_minute_window_is_still_predicted() -> None:

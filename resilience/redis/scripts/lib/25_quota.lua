@@ -28,8 +28,9 @@ local function quota_spent(q)
 end
 
 -- QuotaCount.roll: the window reset, its whole quota is there again; the next reset is
--- predicted only for windows up to MAX_PREDICTED_WINDOW (a longer one: nothing to count until
--- an answer says). At the aligned end of a spent count only the probe is let go.
+-- predicted only for windows up to MAX_PREDICTED_WINDOW (a longer one, or one not announced:
+-- counted from the limit, but no hold until an answer names the reset). At the aligned end
+-- of a spent count only the probe is let go.
 local function quota_roll(q, now)
   if q.qreset == nil then return end
   if now < q.qreset then
@@ -39,11 +40,11 @@ local function quota_roll(q, now)
     return
   end
   q.qrolled, q.qfresh, q.qprobe, q.qal = q.sends, 1, nil, nil
+  q.qleft = q.qlimit
   if q.qwin and q.qwin > 0 and q.qwin <= MAX_PREDICTED_WINDOW_MS then
-    q.qleft = q.qlimit
     q.qreset = q.qreset + q.qwin * (1 + math.floor((now - q.qreset) / q.qwin))
   else
-    q.qleft, q.qreset = nil, nil
+    q.qreset = nil
   end
 end
 
