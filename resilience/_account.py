@@ -149,14 +149,16 @@ _SEND: Final = Go(recheck=False)
 class AccountStops:
     """Which credential sets are stopped, and the one recheck each is allowed."""
 
-    __slots__ = ("_entries", "settings")
+    __slots__ = ("settings", "stopped")
 
     def __init__(self, settings: AccountStop) -> None:
         self.settings = settings
-        self._entries: dict[bytes, _Entry] = {}
+        # The stopped credential sets by key (read-only outside): while it is empty, a request
+        # needs no guard, no digest and no check (the loop tests it before each attempt).
+        self.stopped: dict[bytes, _Entry] = {}
 
     def check(self, key: bytes, now: float) -> Go | Stopped:
-        entry = self._entries.get(key)
+        entry = self.stopped.get(key)
         if entry is None:
             return _SEND
         if now < entry.stop.recheck_at:
@@ -183,15 +185,15 @@ class AccountStops:
         if self.is_stop(status, code):
             assert status is not None
             assert code is not None
-            self._entries.pop(key, None)  # re-inserted last: the oldest is evicted first
+            self.stopped.pop(key, None)  # re-inserted last: the oldest is evicted first
             stop = Stopped(status, code, detail, now, now + self.settings.recheck_interval)
-            self._entries[key] = _Entry(stop)
-            if len(self._entries) > MAX_STOPPED:
-                del self._entries[next(iter(self._entries))]
+            self.stopped[key] = _Entry(stop)
+            if len(self.stopped) > MAX_STOPPED:
+                del self.stopped[next(iter(self.stopped))]
         elif go.recheck:
             # Only an answer to a request sent after the stop proves the account is back: one
             # that was already in flight may have been admitted before the credits ran out.
-            self._entries.pop(key, None)
+            self.stopped.pop(key, None)
 
     def is_stop(self, status: int | None, code: str | None) -> bool:
         """Is this answer an account-level stop (it says so for every request of the key)?"""
@@ -199,21 +201,23 @@ class AccountStops:
 
     def abandon(self, key: bytes, go: Go) -> None:
         """The recheck ended without an answer (cancelled, transport error): free its slot."""
-        entry = self._entries.get(key)
+        entry = self.stopped.get(key)
         if go.recheck and entry is not None:
             entry.recheck_since = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.stopped)
 
 
 class AccountGuard:
     """The account stop as one logical request meets it: checked before each attempt, told
-    how each ended. The credentials are read when the guard is made (the request as this
-    middleware sees it) and digested only when that matters: while some account is stopped,
-    or when an answer stops this one (most requests never pay for the digest)."""
+    how each ended. Made only when it matters (some account is stopped, or an answer stops
+    this one): most requests never make one. The credentials are read from ``headers``, the
+    request's headers as this middleware saw them before the first send (the loop copies
+    them: an inner middleware's changes come later and must not change the key between the
+    check and the answer), and digested only once."""
 
-    __slots__ = ("_go", "_key", "_origin", "_redaction", "_stops", "_url", "_values")
+    __slots__ = ("_go", "_headers", "_key", "_origin", "_redaction", "_stops", "_url")
 
     def __init__(
         self,
@@ -222,29 +226,29 @@ class AccountGuard:
         headers: Mapping[str, str],
         url: URL,
         redaction: Redaction = DEFAULT_REDACTION,
+        *,
+        sent: bool = False,
     ) -> None:
         self._stops = stops
         self._origin, self._url, self._redaction = origin, url, redaction
-        names = stops.settings.credential_headers
-        # A snapshot: the headers as this middleware sees the request (an inner middleware's
-        # changes come later and must not change the key between the check and the answer).
-        self._values = {n: v for n in names if (v := headers.get(n)) is not None}
+        self._headers = headers
         self._key: bytes | None = None
-        self._go: Go | None = None
+        # ``sent``: made for an answer that came (no account was stopped when it was sent).
+        self._go: Go | None = _SEND if sent else None
 
     def _digest(self) -> bytes:
         key = self._key
         if key is None:
             names = self._stops.settings.credential_headers
             key = self._key = credentials_key(
-                self._origin, self._values, self._url, names, self._redaction
+                self._origin, self._headers, self._url, names, self._redaction
             )
         return key
 
     def check(self, now: float) -> Stopped | None:
         """None: send the attempt. A :class:`Stopped`: fail it unsent."""
         stops = self._stops
-        decision = stops.check(self._digest(), now) if len(stops) else _SEND
+        decision = stops.check(self._digest(), now) if stops.stopped else _SEND
         if isinstance(decision, Stopped):
             self._go = None
             return decision

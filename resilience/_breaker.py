@@ -156,7 +156,17 @@ Admit = Pass | Hold | Refuse
 class Window:
     """Counted attempts and outage failures over the last ``duration`` seconds, in buckets."""
 
-    __slots__ = ("_duration", "_failures", "_slot", "_stamp", "_totals", "_width", "last_failure")
+    __slots__ = (
+        "_bucket_end",
+        "_bucket_slot",
+        "_bucket_start",
+        "_duration",
+        "_failures",
+        "_stamp",
+        "_totals",
+        "_width",
+        "last_failure",
+    )
 
     def __init__(self, duration: float) -> None:
         self._duration = duration
@@ -171,10 +181,20 @@ class Window:
         slot = index % BUCKETS
         if self._stamp[slot] != index:
             self._stamp[slot], self._totals[slot], self._failures[slot] = index, 0, 0
+        # The bucket this is in, so the next successes in it cost one comparison.
+        self._bucket_slot = slot
+        self._bucket_start, self._bucket_end = index * self._width, (index + 1) * self._width
         self._totals[slot] += 1
         self._failures[slot] += failure
         if failure:
             self.last_failure = now
+
+    def add_success(self, now: float) -> None:
+        """``add(now, failure=False)``; most successes fall in the bucket of the last one."""
+        if self._bucket_start <= now < self._bucket_end:
+            self._totals[self._bucket_slot] += 1
+        else:
+            self.add(now, failure=False)
 
     def has_failures(self, now: float) -> bool:
         """Might the window hold a failure? False for certain when the last one is older than
@@ -203,6 +223,7 @@ class Window:
 
     def clear(self) -> None:
         self.last_failure = -math.inf
+        self._bucket_slot, self._bucket_start, self._bucket_end = 0, math.inf, -math.inf
         self._stamp = [-math.inf] * BUCKETS
         self._totals = [0] * BUCKETS
         self._failures = [0] * BUCKETS
@@ -215,6 +236,7 @@ class Breaker:
         "_epoch",
         "_opened_at",
         "_opens",
+        "_pass",
         "_pending",
         "_probe_since",
         "_suspect_hold",
@@ -233,6 +255,7 @@ class Breaker:
         self._opened_at = 0.0
         self._probe_since: float | None = None  # the half-open probe in flight since
         self._epoch = 0  # closed periods so far
+        self._pass = Pass(probe=False, epoch=0)  # what admit() answers while closed: made once
         self._pending = 0  # attempts of this closed period in flight (probe apart)
         self._suspect_hold = False  # a request is held by the no-success rule (see admit)
 
@@ -277,10 +300,14 @@ class Breaker:
             return Hold(self.window.expiry(now))
         if commit:
             self._pending += 1
-        return Pass(probe=False, epoch=self._epoch)
+        return self._pass
 
     def record(self, ticket: Pass, tally: Tally, now: float, code: str | None = None) -> bool:
         """Feed one attempt's end in; True when the state changed (waiters should look again)."""
+        if ticket is self._pass and tally is Tally.SUCCESS and self.state is BreakerState.CLOSED:
+            # The common case first: a success of this closed period (what the rest does).
+            self.window.add_success(now)
+            return self._ended()
         if ticket.probe:
             return self._probe_ended(tally, now, code)
         if ticket.epoch != self._epoch:
@@ -331,6 +358,7 @@ class Breaker:
         self._opens = 0
         self._probe_since = None
         self._epoch += 1
+        self._pass = Pass(probe=False, epoch=self._epoch)
         self._pending = 0
         self.window.clear()
         return True

@@ -48,13 +48,9 @@ class BreakerRule(Protocol):
         """The attempt ended unanswered; synchronous (it runs from ``release``)."""
         ...
 
-    def admit_now(self, origin: str) -> Admit | None:
-        """``admit(origin, None, commit=True)`` when the rule can answer without an await;
-        None when it cannot (a shared rule asks Redis)."""
-        ...
-
-    def record_now(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool | None:
-        """``record`` without an await; None when the rule cannot (nothing was recorded)."""
+    def in_process(self, origin: str) -> Breaker | None:
+        """``origin``'s breaker when it decides in this process, without an await (the happy
+        path asks it directly); None when a shared rule must ask Redis."""
         ...
 
     def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
@@ -87,15 +83,20 @@ class LocalBreakers:
     def abandon(self, origin: str, ticket: Pass) -> bool:
         return self.breaker(origin).abandon(ticket)
 
-    def admit_now(self, origin: str) -> Admit | None:
-        return self.breaker(origin).admit(self._clock(), None, commit=True)
-
-    def record_now(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool | None:
-        return self.breaker(origin).record(ticket, tally, self._clock(), code)
+    def in_process(self, origin: str) -> Breaker:
+        return self.breaker(origin)
 
     def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
         breaker = self.breaker(origin)
         return breaker.state, breaker.probe_at, breaker.last_code
+
+
+@dataclass(slots=True)
+class _Origin:
+    breaker: Breaker | None  # the rule's breaker when it decides here (the happy path)
+    ramp: Ramp = field(default_factory=Ramp)
+    waiters: deque[anyio.Event] = field(default_factory=deque)
+    state: BreakerState = BreakerState.CLOSED  # as last seen here
 
 
 @dataclass(slots=True, eq=False)
@@ -103,16 +104,10 @@ class CircuitTicket:
     """One attempt the breaker let through; ended exactly once (``report`` or ``abandon``)."""
 
     origin: str
+    place: _Origin  # the origin's state here, looked up once
     decision: Pass
     held: float  # seconds it waited unsent at the breaker (0.0: not held)
     ended: bool = False
-
-
-@dataclass(slots=True)
-class _Origin:
-    ramp: Ramp = field(default_factory=Ramp)
-    waiters: deque[anyio.Event] = field(default_factory=deque)
-    state: BreakerState = BreakerState.CLOSED  # as last seen here
 
 
 class Circuit:
@@ -126,7 +121,7 @@ class Circuit:
     def _origin(self, origin: str) -> _Origin:
         state = self._origins.get(origin)
         if state is None:
-            state = self._origins[origin] = _Origin()
+            state = self._origins[origin] = _Origin(self.rule.in_process(origin))
         return state
 
     async def enter(self, origin: str, deadline: float | None) -> float:
@@ -179,7 +174,7 @@ class Circuit:
             self.rule.abandon(origin, decision)
             return None
         here.ramp.sent()
-        return CircuitTicket(origin, decision, held)
+        return CircuitTicket(origin, here, decision, held)
 
     async def _wait(
         self,
@@ -217,43 +212,47 @@ class Circuit:
                 here.waiters.remove(event)
 
     def try_pass(self, origin: str) -> CircuitTicket | None:
-        """A ticket at once when ``origin``'s breaker is closed, nobody is held and the rule
-        answers without an await; None: go through :meth:`enter` and :meth:`commit`."""
+        """A ticket at once when ``origin``'s breaker is closed, decides here, nobody is held
+        and no slow start is on; None: go through :meth:`enter` and :meth:`commit`."""
         here = self._origins.get(origin)
         if (
             here is None
+            or (breaker := here.breaker) is None
             or here.waiters
             or here.state is not BreakerState.CLOSED
-            or not here.ramp.may_send()
+            or here.ramp.cap is not None  # the slow start after an outage: enter() paces it
         ):
             return None
-        decision = self.rule.admit_now(origin)
-        if not isinstance(decision, Pass):
-            return None  # held (a suspected outage), or the rule asks Redis: the slow path
+        decision = breaker.admit(self._clock(), None)
+        if decision.__class__ is not Pass:
+            return None  # held (a suspected outage): the slow path
+        assert isinstance(decision, Pass)
         if decision.probe:  # the breaker moved on since we looked: not the happy path
-            self.rule.abandon(origin, decision)
+            breaker.abandon(decision)
             return None
         here.ramp.sent()
-        return CircuitTicket(origin, decision, 0.0)
+        return CircuitTicket(origin, here, decision, 0.0)
 
     def report_now(self, ticket: CircuitTicket, tally: Tally, code: str | None) -> bool:
         """:meth:`report` without an await; False when the rule needs one (nothing done)."""
         if ticket.ended:
             return True
-        changed = self.rule.record_now(ticket.origin, ticket.decision, tally, code)
-        if changed is None:
+        here = ticket.place
+        breaker = here.breaker
+        if breaker is None:
             return False
         ticket.ended = True
-        here = self._origin(ticket.origin)
+        changed = breaker.record(ticket.decision, tally, self._clock(), code)
         grew = here.ramp.ended(tally)
-        self._after(ticket.origin, here, changed=changed, grew=grew)
+        if changed or grew:
+            self._after(ticket.origin, here, changed=changed, grew=grew)
         return True
 
     async def report(self, ticket: CircuitTicket, tally: Tally, code: str | None) -> None:
         if ticket.ended:
             return
         ticket.ended = True
-        here = self._origin(ticket.origin)
+        here = ticket.place
         grew = here.ramp.ended(tally)
         changed = await self.rule.record(ticket.origin, ticket.decision, tally, code)
         self._after(ticket.origin, here, changed=changed, grew=grew)
@@ -263,7 +262,7 @@ class Circuit:
         if ticket.ended:
             return
         ticket.ended = True
-        here = self._origin(ticket.origin)
+        here = ticket.place
         grew = here.ramp.ended(None)
         changed = self.rule.abandon(ticket.origin, ticket.decision)
         self._after(ticket.origin, here, changed=changed, grew=grew)

@@ -118,7 +118,10 @@ class AdaptiveLimiter:
         """A permit if one is free now and nobody queues before us, else None."""
         if self._waiters or len(self._in_flight) + self._reserved >= self._limit:
             return None
-        return self._admitted()
+        self._seq = seq = self._seq + 1  # as _admitted(), without the call (the happy path)
+        permit = ConcurrencyPermit(seq, self._epoch, self._limit)
+        self._in_flight[permit] = seq
+        return permit
 
     async def acquire(self) -> ConcurrencyPermit:
         permit = self.try_acquire()

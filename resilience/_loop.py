@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final, cast
 
@@ -24,7 +25,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from . import _aiohttp_compat as compat
 from . import _testmode
-from ._account import AccountGuard, Stopped
+from ._account import AccountGuard, AccountStops, Stopped
 from ._attempt import AttemptRecord, Outcome
 from ._classify import Verdict, classify, classify_response, parse_retry_after, server_request_id
 from ._codes import Handling
@@ -118,7 +119,7 @@ class _Call:
         header = mw.settings.request_id_header
         request_id = req.headers.get(header)
         if not request_id:
-            request_id = new_request_id()
+            request_id = _IDS.pop() if _IDS else new_request_id()
             req.headers[header] = request_id
         self.request_id = request_id
         self.hooks = mw.hooks
@@ -149,13 +150,11 @@ class _Call:
             origin = self.origin = self.mw._origin_of(req.url)
             hooks, testing = self.hooks, self.testing
             accounts = self.mw.accounts
-            account = (
-                None
-                if accounts is None
-                else AccountGuard(
-                    accounts, origin, req.headers, req.url, self.mw.settings.redaction
-                )
-            )
+            # A copy of the headers as this middleware sees them (the credentials the account
+            # stop compares); the guard itself is made only when some account is stopped or an
+            # answer stops this one.
+            credentials = req.headers.copy() if accounts is not None else None
+            account: AccountGuard | None = None
             store.deposit_request()
             first = True
             while True:
@@ -171,9 +170,12 @@ class _Call:
                     began = sent_at = now
                 # Checked once the permit is held, just before the send: a stop answer that
                 # came while this attempt waited for its permit still stops it.
-                if account is not None and (stopped := account.check(sent_at)) is not None:
-                    admission.release()
-                    raise self._account_stopped(stopped, began)
+                if accounts is not None and (account is not None or accounts.stopped):
+                    if account is None:
+                        account = self._guard(accounts, credentials)
+                    if (stopped := account.check(sent_at)) is not None:
+                        admission.release()
+                        raise self._account_stopped(stopped, began)
                 start: AttemptStart | None = None
                 resp: ClientResponse | None = None
                 error: BaseException | None = None
@@ -197,10 +199,13 @@ class _Call:
                         if resp.status >= 400:
                             ending = await self._classify(resp)
                         quota = read_quota(resp.headers)
-                    if account is not None:
+                    if accounts is not None and (account is not None or ending is not OK_ENDING):
                         verdict = ending.verdict
                         status = resp.status if resp is not None else None
-                        account.ended(time.monotonic(), status, verdict.code, verdict.detail)
+                        if account is None and accounts.is_stop(status, verdict.code):
+                            account = self._guard(accounts, credentials, sent=True)
+                        if account is not None:
+                            account.ended(time.monotonic(), status, verdict.code, verdict.detail)
                     feedback: Feedback | None
                     if (
                         ending is OK_ENDING
@@ -228,6 +233,17 @@ class _Call:
                     if not self._log_cut_off(exc, began, sent_at, resp, start):
                         self._abandon(start, exc, began, sent_at)
                     raise
+                if decision is OK_DECISION and hooks is None and self.attempt == 1:
+                    # The happy path's ending: nothing to log unless DEBUG is on (_log), the
+                    # permit lasts until the body is read (_finish), no error to raise.
+                    if debug_enabled():
+                        self._log(ending, decision, began, sent_at, resp, start, feedback)
+                    assert resp is not None
+                    connection = resp.connection
+                    if connection is not None and resp.status < 400:
+                        connection.add_callback(admission.release)
+                        return resp
+                    return self._finish(resp, ending.verdict, admission)
                 self._log(ending, decision, began, sent_at, resp, start, feedback)
                 if decision.wait is Wait.NONE:
                     if resp is not None:
@@ -243,6 +259,15 @@ class _Call:
                 await self._wait(decision, admission)
         finally:
             _HANDLING.reset(token)
+
+    def _guard(
+        self, accounts: AccountStops, credentials: object, *, sent: bool = False
+    ) -> AccountGuard:
+        assert isinstance(credentials, Mapping)  # copied when the middleware has accounts
+        settings = self.mw.settings
+        return AccountGuard(
+            accounts, self.origin, credentials, self.req.url, settings.redaction, sent=sent
+        )
 
     async def _admit(self, origin: str, began: float) -> tuple[Admission, float, float]:
         """Wait for an admission (the happy path had none): (the handle, when the wait began,

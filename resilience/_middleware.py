@@ -148,7 +148,7 @@ class ResilienceMiddleware:
                 f"account_stop must be an AccountStop or None, got {type(account_stop).__name__}"
             )
         self.accounts: Final = AccountStops(account_stop) if account_stop is not None else None
-        self._origins: dict[tuple[str, str | None, int | None], str] = {}
+        self._origins: dict[tuple[str, str], str] = {}
         if isinstance(hooks, Hook) or not isinstance(hooks, Sequence):
             raise TypeError(f"hooks must be a sequence of hooks, got {type(hooks).__name__}")
         # None without hooks: the loop then tests one attribute and builds nothing for them.
@@ -163,7 +163,9 @@ class ResilienceMiddleware:
     def _origin_of(self, url: URL) -> str:
         """``str(url.origin())``, cached (it costs more than the rest of the happy path); the
         cache is a bounded convenience: cleared, not grown, past MAX_IDLE_ORIGINS."""
-        key = (url.scheme, url.host, url.port)
+        # The scheme and authority decide the origin (the userinfo in the authority never
+        # changes it, so two keys may share one value): two cheap attributes, no port logic.
+        key = (url.scheme, url.raw_authority)
         origin = self._origins.get(key)
         if origin is None:
             if len(self._origins) >= MAX_IDLE_ORIGINS:

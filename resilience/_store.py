@@ -19,7 +19,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from yarl import URL
@@ -315,9 +315,9 @@ class LocalStore:
     async def admit(self, origin: str, deadline: float | None) -> Admission:
         if self.circuit is None:
             return await self._admit(origin, deadline)
-        return await admit_through(self.circuit, origin, deadline, self._admit)
+        return await admit_through(self.circuit, origin, deadline, self._admit, _with_ticket)
 
-    async def _admit(self, origin: str, deadline: float | None) -> Admission:
+    async def _admit(self, origin: str, deadline: float | None) -> _LocalAdmission:
         self._check_loop()
         state = self._state(origin)
         pacer, limiter = state.pacer, state.limiter
@@ -394,10 +394,7 @@ class LocalStore:
             return None
         self._states.move_to_end(origin)
         state.users += 1  # from here to release(): this state may not be forgotten
-        admission = _LocalAdmission(self, state, origin, permit)
-        if circuit is None or ticket is None:
-            return admission
-        return CircuitAdmission(admission, circuit, ticket)
+        return _LocalAdmission(self, state, origin, permit, None, ticket)
 
     def deposit_request(self) -> None:
         if self.budget is not None:
@@ -408,9 +405,19 @@ class LocalStore:
 
 
 class _LocalAdmission:
-    """A :class:`LocalStore` admission: the permit and the pacing epoch it was sent in."""
+    """A :class:`LocalStore` admission: the permit, the pacing epoch it was sent in and, behind
+    a breaker, the breaker's ticket (one object per attempt: no wrapper on the happy path)."""
 
-    __slots__ = ("_origin", "_permit", "_rate_epoch", "_released", "_seq", "_state", "_store")
+    __slots__ = (
+        "_origin",
+        "_permit",
+        "_rate_epoch",
+        "_released",
+        "_seq",
+        "_state",
+        "_store",
+        "_ticket",
+    )
 
     def __init__(
         self,
@@ -419,6 +426,7 @@ class _LocalAdmission:
         origin: str,
         permit: ConcurrencyPermit,
         seq: int | None = None,
+        ticket: CircuitTicket | None = None,
     ) -> None:
         self._store = store
         self._state = state
@@ -427,18 +435,37 @@ class _LocalAdmission:
         self._rate_epoch = state.pacer.epoch
         self._seq = seq  # the send's number at the pacer (None: sent unpaced)
         self._released = False
+        self._ticket = ticket
 
     @property
     def limit(self) -> int:
         return self._permit.limit
+
+    @property
+    def held(self) -> float:
+        """Seconds it waited unsent at the circuit breaker."""
+        return self._ticket.held if self._ticket is not None else 0.0
 
     def release(self) -> None:
         self._state.limiter.release(self._permit)
         if not self._released:
             self._released = True
             self._state.users -= 1
+        ticket = self._ticket
+        if ticket is not None and not ticket.ended:  # reported: nothing left to abandon
+            self._circuit().abandon(ticket)
+
+    def _circuit(self) -> Circuit:
+        circuit = self._store.circuit
+        assert circuit is not None  # a ticket comes from the store's breakers
+        return circuit
 
     def succeeded(self) -> bool:
+        # The breaker first: its report is once per ticket (report() would do it otherwise).
+        ticket, circuit = self._ticket, self._store.circuit
+        if ticket is not None and circuit is not None:
+            if not circuit.report_now(ticket, Tally.SUCCESS, None):
+                return False
         self._state.limiter.on_success(self._permit)
         self._state.pacer.on_response(
             rate_limited=False, retry_after=None, epoch=self._rate_epoch, seq=self._seq
@@ -468,9 +495,19 @@ class _LocalAdmission:
                 closed_for=round(pacer.delay(), 3),
                 pace=round(rate, 2) if rate is not None and math.isfinite(rate) else None,
             )
+        ticket = self._ticket
+        if ticket is not None:
+            await self._circuit().report(ticket, _TALLIES[signal], feedback.code)
 
     async def wait_for_release(self, timeout: float) -> None:
         await self._state.limiter.wait_for_release(timeout, since=self._permit)
+
+
+def _with_ticket(
+    inner: _LocalAdmission, circuit: Circuit, ticket: CircuitTicket
+) -> _LocalAdmission:
+    inner._ticket = ticket
+    return inner
 
 
 # ----------------------------------------------------------------------- the circuit breaker
@@ -523,15 +560,19 @@ class CircuitAdmission:
         await self._inner.wait_for_release(timeout)
 
 
+_Inner = TypeVar("_Inner", bound=Admission)
+
+
 async def admit_through(
     circuit: Circuit,
     origin: str,
     deadline: float | None,
-    admit: Callable[[str, float | None], Awaitable[Admission]],
+    admit: Callable[[str, float | None], Awaitable[_Inner]],
+    join: Callable[[_Inner, Circuit, CircuitTicket], Admission] = CircuitAdmission,
 ) -> Admission:
     """The breaker first (held there, no permit taken), then the store's own admission, then
     the breaker again: one that opened while the attempt waited for its permit still holds it
-    (the permit goes back)."""
+    (the permit goes back). ``join`` puts the ticket with the store's handle."""
     held = 0.0
     while True:
         held += await circuit.enter(origin, deadline)
@@ -542,7 +583,7 @@ async def admit_through(
             inner.release()
             raise
         if ticket is not None:
-            return CircuitAdmission(inner, circuit, ticket)
+            return join(inner, circuit, ticket)
         inner.release()
 
 

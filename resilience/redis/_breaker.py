@@ -190,11 +190,8 @@ class SharedBreakers:
             self._spawn(self._background(origin, ticket, "a"))
         return False
 
-    def admit_now(self, origin: str) -> Admit | None:
+    def in_process(self, origin: str) -> None:
         return None  # the fleet's state is in Redis: admit() asks it
-
-    def record_now(self, origin: str, ticket: Pass, tally: Tally, code: str | None) -> bool | None:
-        return None
 
     def state(self, origin: str) -> tuple[BreakerState, float, str | None]:
         if not self._shared():
