@@ -463,9 +463,12 @@ class _LocalAdmission:
     def succeeded(self) -> bool:
         # The breaker first: its report is once per ticket (report() would do it otherwise).
         ticket, circuit = self._ticket, self._store.circuit
-        if ticket is not None and circuit is not None:
-            if not circuit.report_now(ticket, Tally.SUCCESS, None):
-                return False
+        if (
+            ticket is not None
+            and circuit is not None
+            and not circuit.report_now(ticket, Tally.SUCCESS, None)
+        ):
+            return False
         self._state.limiter.on_success(self._permit)
         self._state.pacer.on_response(
             rate_limited=False, retry_after=None, epoch=self._rate_epoch, seq=self._seq
