@@ -308,8 +308,8 @@ class QuotaCount:
     """
 
     __slots__ = (
-        "_fresh", "_probing", "_rolled", "_seq", "aligned", "aligned_at", "left", "limit",
-        "reset_at", "window",
+        "_coarse", "_early", "_fresh", "_last_take", "_probing", "_rolled", "_seq", "aligned",
+        "aligned_at", "left", "limit", "reset_at", "window",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -322,7 +322,10 @@ class QuotaCount:
         self._fresh = True  # no answer yet in this window
         self.aligned = True  # the wall-clock alignment is not contradicted at this origin
         self.aligned_at: float | None = None  # where it places this window's end
-        self._probing = False  # rolled at the aligned boundary: its probe is not answered yet
+        self._probing = False  # rolled: its probe is not answered yet
+        self._early = False  # ... and the roll was at the aligned boundary
+        self._coarse = False  # a reset in this window was named in whole delta seconds
+        self._last_take = -math.inf  # when our latest send was taken
 
     def roll(self, now: float, sends: int) -> None:
         """The window reset: its whole quota is there again.
@@ -341,12 +344,18 @@ class QuotaCount:
             at = self.aligned_at
             if at is None or now < at + ALIGNED.skew or not self.spent() or not self.aligned:
                 return
-            self._rolled, self._fresh, self._probing = sends, True, True
-            self.left, self.aligned_at = 1, None
+            self._rolled, self._fresh, self._probing, self._early = sends, True, True, True
+            self.left, self.aligned_at, self._coarse = 1, None, False
             return
         window = self.window
-        self._rolled, self._fresh, self._probing, self.aligned_at = sends, True, False, None
-        self.left = self.limit
+        # A whole-second reset names the end only to within a second: sends taken in that
+        # second may count in the server's new window already (a window we did not use up
+        # before it ended). Then the whole quota is not ours to assume: one probe first, and
+        # its answer says what is left.
+        unsure = self._coarse and self._last_take > reset_at - 1.0
+        self._rolled, self._fresh, self.aligned_at, self._coarse = sends, True, None, False
+        self._probing, self._early = unsure, False
+        self.left = 1 if unsure else self.limit
         if not window or window > MAX_PREDICTED_WINDOW:
             self.reset_at = None  # no hold until an answer names the next reset
             return
@@ -373,6 +382,8 @@ class QuotaCount:
         self.left = left if self._fresh or self.left is None else min(self.left, left)
         if quota.reset is not None:
             reset_at = now + quota.reset
+            coarse = quota.aligned is not None or quota.unaligned  # whole delta seconds
+            self._coarse = coarse or (self._coarse and not self._fresh)
             if self._fresh or self.reset_at is None:
                 predicted = (
                     self.reset_at if self.reset_at is not None and self.reset_at > now else None
@@ -388,22 +399,30 @@ class QuotaCount:
         self._fresh = False
 
     def _probed(self, *, refilled: bool) -> None:
-        """The first answer after the roll at the aligned boundary. The count was spent: had
-        the window not ended, the server would have refused the probe; a success (with its
-        remaining, the server's own count of the new window) shows the quota refilled."""
+        """The first answer after a roll with a probe. At the aligned boundary the count was
+        spent: had the window not ended, the server would have refused the probe; a success
+        (with its remaining, the server's own count of the new window) shows the quota
+        refilled."""
         self._probing = False
         if refilled:
-            self.reset_at = None  # the window ended: the reset named for it is past
+            if self._early:
+                self.reset_at = None  # the window ended: the reset named for it is past
             return
-        # Not refilled: still the old window, and the alignment is wrong for this origin.
-        self.aligned, self.aligned_at, self._fresh = False, None, False
-        self.left = 0
+        if self._early:  # still the old window: the alignment is wrong for this origin
+            self.aligned, self.aligned_at = False, None
+        self._fresh, self.left = False, 0
 
     def throttled(self, seq: int) -> None:
         """A 429 while counting: the quota is spent sooner than counted."""
         if self._probing and seq > self._rolled:
             self._probed(refilled=False)
         self.left = 0
+
+    def take(self, now: float) -> None:
+        """One send taken at ``now`` (nothing to do while no quota is counted)."""
+        if self.left is not None:
+            self.left -= 1
+            self._last_take = now
 
     def spent(self) -> bool:
         """True when no send is left before a known reset."""
@@ -535,8 +554,7 @@ class RatePacer:
         if self._bucket is not None:
             self._bucket.take(self._clock())
         self.sends += 1
-        if self._quota.left is not None:
-            self._quota.left -= 1
+        self._quota.take(self._clock())
         return self.sends
 
     def untake(self) -> None:

@@ -220,6 +220,14 @@ def test_a_skewed_server_clock_costs_at_most_one_probe(ahead: float) -> None:
     assert late <= 1.5
 
 
+def test_a_window_not_used_up_before_it_ended_is_not_taken_whole_again() -> None:
+    # Started 5 ms before a boundary: the first answers name an end a second away, and the
+    # sends after the real end count in the server's next window. Before, the roll at the
+    # named end assumed a whole quota there: 176 429s. Now one probe asks first.
+    _, _, refused = batch(announced_window("ietf"), 0.995)
+    assert refused <= 1
+
+
 def test_a_server_clock_seconds_off_is_seen_in_its_date_and_costs_no_probe() -> None:
     # Its windows start half a second into ours: alignment to our clock would be early.
     late, _, refused = batch(announced_window("ietf", ahead=-2.5), 0.4)

@@ -227,6 +227,11 @@ QUOTA_RUNS = [
      ("answer", 0.6, 0, 0, 30.0, 10, 60.0, 29.4, 0, 0), ("roll", 1.0)],
     # not spent at the aligned end: the old count until the named reset
     [("answer", 0.4, 0, 3, 1.0, 10, 1.0, 0.6, 0, 0), ("roll", 1.1), ("take", 1.1)],
+    # sends in the last second before a whole-second reset: one probe at the roll, its answer
+    # says what is left; with an exact reset the whole quota
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0, 1.0, 0, 0), ("take", 0.5), ("roll", 1.0),
+     ("take", 1.0), ("take", 1.0), ("answer", 1.01, 2, 3, 1.0, 10, 1.0, 0.99, 0, 0)],
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.5), ("roll", 1.0), ("take", 1.0)],
 ]  # fmt: skip
 
 
@@ -242,7 +247,7 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             quota = Quota(limit, window, remaining, reset, aligned, bool(unaligned))
             count.answer(quota, seq or sends, sends, now, limited=bool(limited))
         elif kind == "take" and count.left is not None:
-            count.left -= 1
+            count.take(now)
             sends += 1
         elif kind == "throttled":
             count.throttled(sends)
@@ -267,7 +272,7 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             "     quota_answer(q, seq, s[4], ms(s[5]), none(s[6]), ms(s[7]), now, ms(s[8]),"
             "                  un, lim)"
             "   elseif s[1] == 'take' and q.qleft then"
-            "     q.qleft = q.qleft - 1 q.sends = q.sends + 1"
+            "     quota_take(q, now) q.sends = q.sends + 1"
             "   elseif s[1] == 'throttled' then"
             "     quota_throttled(q)"
             "   end"

@@ -112,7 +112,7 @@ redis.call('PEXPIRE', order, 2 * lease_ttl)
 redis.call('PEXPIRE', ctl, state_ttl)
 local seq = 0
 if counting then
-  q.qleft = q.qleft - 1
+  quota_take(q, now)
   q.sends = q.sends + 1
   seq = q.sends
 end

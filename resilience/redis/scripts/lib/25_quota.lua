@@ -4,10 +4,11 @@
 -- (answers to sends up to this one belong to an older window), qfresh (1: no answer yet in
 -- this window), sends (the fleet's send counter while counting); the wall-clock alignment
 -- (resilience/_aligned.py): qal (ms, where it places this window's end), qunal (1: contradicted
--- at this origin, for good), qprobe (1: rolled at the aligned end, its probe not answered).
--- Times in ms.
+-- at this origin, for good), qprobe (1: rolled, its probe not answered), qearly (1: the roll
+-- was at the aligned end), qcoarse (1: a reset in this window was whole delta seconds), qlast
+-- (when the latest send was taken). Times in ms.
 local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qseq', 'qrolled', 'qfresh', 'sends',
-                      'qal', 'qunal', 'qprobe'}
+                      'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast'}
 
 local function quota_load(key)
   local q = hash_load(key, QUOTA_FIELDS)
@@ -35,12 +36,15 @@ local function quota_roll(q, now)
   if q.qreset == nil then return end
   if now < q.qreset then
     if q.qal == nil or now < q.qal + ALIGN_SKEW_MS or not quota_spent(q) or q.qunal then return end
-    q.qrolled, q.qfresh, q.qprobe = q.sends, 1, 1
-    q.qleft, q.qal = 1, nil
+    q.qrolled, q.qfresh, q.qprobe, q.qearly = q.sends, 1, 1, 1
+    q.qleft, q.qal, q.qcoarse = 1, nil, nil
     return
   end
-  q.qrolled, q.qfresh, q.qprobe, q.qal = q.sends, 1, nil, nil
-  q.qleft = q.qlimit
+  -- a whole-second reset names the end only to within a second: sends taken in that second
+  -- may count in the server's new window already; then one probe first
+  local unsure = q.qcoarse and (q.qlast or -math.huge) > q.qreset - 1000
+  q.qrolled, q.qfresh, q.qal, q.qcoarse, q.qearly = q.sends, 1, nil, nil, nil
+  if unsure then q.qprobe, q.qleft = 1, 1 else q.qprobe, q.qleft = nil, q.qlimit end
   if q.qwin and q.qwin > 0 and q.qwin <= MAX_PREDICTED_WINDOW_MS then
     q.qreset = q.qreset + q.qwin * (1 + math.floor((now - q.qreset) / q.qwin))
   else
@@ -53,10 +57,11 @@ end
 local function quota_probed(q, refilled)
   q.qprobe = nil
   if refilled then
-    q.qreset = nil
+    if q.qearly then q.qreset = nil end
     return
   end
-  q.qunal, q.qal, q.qfresh, q.qleft = 1, nil, 0, 0
+  if q.qearly then q.qunal, q.qal = 1, nil end
+  q.qfresh, q.qleft = 0, 0
 end
 
 -- QuotaCount.answer: an answer to send `seq` (limited: 1 for a 429) announced `remaining`
@@ -74,6 +79,11 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, 
   if q.qfresh == 1 or q.qleft == nil then q.qleft = left else q.qleft = math.min(q.qleft, left) end
   if reset >= 0 then
     local at = now + reset
+    if aligned >= 0 or unaligned == 1 then
+      q.qcoarse = 1
+    elseif q.qfresh == 1 then
+      q.qcoarse = nil
+    end
     if q.qfresh == 1 or q.qreset == nil then
       if q.qreset ~= nil and q.qreset > now then q.qreset = math.min(q.qreset, at) else q.qreset = at end
     else
@@ -85,6 +95,12 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, 
     end
   end
   q.qfresh = 0
+end
+
+-- QuotaCount.take: one send taken at `now`
+local function quota_take(q, now)
+  q.qleft = q.qleft - 1
+  q.qlast = now
 end
 
 -- QuotaCount.throttled: a 429 while counting, the quota is spent sooner than counted (the
