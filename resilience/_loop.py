@@ -83,10 +83,12 @@ def new_request_id() -> str:
     if not _IDS:
         pool = os.urandom(16 * 256).hex()
         _IDS.extend(
-            # version 4 in the 13th digit, the RFC 4122 variant in the 17th
-            f"{pool[i : i + 12]}4{pool[i + 13 : i + 16]}{_VARIANT[pool[i + 16]]}"
-            f"{pool[i + 17 : i + 32]}"
-            for i in range(0, len(pool), 32)
+            [  # a list, not a generator: no resumption per ID
+                # version 4 in the 13th digit, the RFC 4122 variant in the 17th
+                f"{pool[i : i + 12]}4{pool[i + 13 : i + 16]}{_VARIANT[pool[i + 16]]}"
+                f"{pool[i + 17 : i + 32]}"
+                for i in range(0, len(pool), 32)
+            ]
         )
     return _IDS.pop()
 
