@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -118,16 +119,18 @@ class TokenBucket:
     """A token bucket whose fill rate can change; ``reserve()`` says how long to wait.
 
     It holds at most ``burst`` seconds' worth of tokens (and at least one), so a pause, such
-    as a closed gate, is not followed by a burst.
+    as a closed gate, is not followed by a burst; ``most`` caps that count further (the
+    server's own burst, once known).
     """
 
-    __slots__ = ("_burst", "_capacity", "_last", "_min_rate", "_rate", "_tokens")
+    __slots__ = ("_burst", "_capacity", "_last", "_min_rate", "_rate", "_tokens", "most")
 
     def __init__(
         self, rate: float, now: float, *, min_rate: float = 0.5, burst: float = 1.0
     ) -> None:
         self._min_rate = min_rate
         self._burst = burst
+        self.most = math.inf
         self._rate = max(rate, min_rate)
         self._capacity = max(self._rate * burst, 1.0)
         self._tokens = 0.0
@@ -140,7 +143,7 @@ class TokenBucket:
     def set_rate(self, rate: float, now: float) -> None:
         self._refill(now)
         self._rate = max(rate, self._min_rate)
-        self._capacity = max(self._rate * self._burst, 1.0)
+        self._capacity = max(min(self._rate * self._burst, self.most), 1.0)
         self._tokens = min(self._tokens, self._capacity)
 
     def _refill(self, now: float) -> None:
@@ -175,7 +178,8 @@ class PacingRule:
     ``Retry-After-Ms``) is botocore's adaptive mode: cut to ``beta`` of the measured rate, grow
     back along CUBIC within ``recovery`` seconds and probe above. A **costly** gate (a
     whole-second ``Retry-After``) closes the origin for a second per probe, so the limit is
-    estimated and held instead of probed for: see :class:`RatePacer`.
+    estimated and held instead of probed for: see :class:`RatePacer` (one process) and
+    :meth:`stretch_cut` (the fleet's Lua, which cannot measure the server's burst).
     """
 
     beta: float = 0.7
@@ -204,8 +208,16 @@ class PacingRule:
     ramp_steps: float = 10.0
     """With no estimate after a costly gate of ``g`` s, the rate doubles every
     ``g / ramp_steps`` seconds."""
-    fit_min_span: float = 0.25
-    """A held stretch shorter than this many gate lengths is too short to fit a rate from."""
+    burst_share: float = 0.5
+    """Once the server's burst is measured, at most this share of it is sent at once."""
+    fit_window: float = 2.0
+    """Seconds of sends a fit reads back from the 429 (older ones are forgotten)."""
+    fit_max_rate: float = 1e6
+    """Requests/s a fit searches up to."""
+    fit_rounds: int = 8
+    """Rounds of :meth:`fit_burst`'s substitution at most."""
+    fit_steps: int = 24
+    """Bisection steps of a fit (the ratio between its bounds shrinks to 1 + 1e-6)."""
 
     def cut(self, measured: float, rate: float | None) -> tuple[float, float]:
         """A 429 while ``measured`` responses/s went through at pacing ``rate`` (None: not
@@ -213,6 +225,21 @@ class PacingRule:
         current = measured if rate is None else min(measured, rate)
         current = max(current, self.min_rate)
         return current, max(current * self.beta, self.min_rate)
+
+    def stretch_cut(
+        self, ok: int, span: float, rate: float | None, gate: float
+    ) -> tuple[float, float, float, float]:
+        """The fleet's cut for a costly gate of ``gate`` s, after ``ok`` answers got through
+        the ``span`` s stretch since the gate last opened, at pacing ``rate``: (the rate cut
+        from, the new rate, the beta and the recovery its CUBIC grows back with).
+
+        A fleet's first stretch is no burst (its workers start over 0.1-1 s), so the server's
+        burst, and with it a fit, cannot be told from it; the cut is botocore's, from what got
+        through the stretch, and the rate is back there only ``probe_gates`` gate lengths
+        later (see :meth:`grow`), probing above only after that.
+        """
+        w_max, new = self.cut(ok / max(span, self.minimum_span), rate)
+        return w_max, new, self.beta, self.probe_gates * gate
 
     def grow(
         self,
@@ -235,6 +262,22 @@ class PacingRule:
         cubic = float(scale * (max(since_cut, 0.0) - k) ** 3 + w_max)
         return max(min(cubic, max(2.0 * measured, rate)), self.min_rate)
 
+    def fit_burst(
+        self, sends: Sequence[float], start: float, counted: float, span: float
+    ) -> float | None:
+        """:meth:`fit` with the server's burst read from the first stretch: ``counted``
+        successes over ``span`` s, which include what the rate let through meanwhile (``burst
+        = counted - rate * span``, solved with the fit by a few rounds of substitution)."""
+        rate = self.fit(sends, start, counted)
+        for _ in range(self.fit_rounds):
+            if rate is None:
+                return None
+            again = self.fit(sends, start, counted - rate * span)
+            if again is None or abs(again - rate) <= 0.01 * rate:
+                return again or rate
+            rate = again
+        return rate
+
     def costly(self, gate: float | None) -> bool:
         return gate is not None and gate >= self.costly_gate
 
@@ -250,41 +293,44 @@ class PacingRule:
         steps = min(max(0.0, since_open) * self.ramp_steps / gate, 20.0)
         return float(start * 2.0**steps)
 
-    def ramp_limit(self, end_rate: float, gate: float, burst: float) -> float:
-        """The server rate ``r`` the slow start most likely crossed, from where it drew its
-        429.
+    def fit(self, sends: Sequence[float], start: float, burst: float) -> float | None:
+        """The server's rate, read from the sends it admitted before its 429.
 
-        The ramp ``R(t) = r * 2**((t - t_r) / p)`` (``p = gate / ramp_steps``) passes ``r`` at
-        ``t_r``, then drains the server's ``burst`` until the 429 at ``end_rate = x * r``:
-        ``burst = r * p * ((x - 1) / ln 2 - log2 x)``, solved for ``x`` by bisection (the
-        right side over ``x * r`` grows with ``x``). A burst the ramp could not have drained
-        (the 429 came early) gives ``end_rate`` itself.
+        The server is taken for a token bucket (GCRA, the shape of most rate limiters) of
+        ``burst`` tokens, full when the gate opened at ``start``. It admitted every one of
+        ``sends`` (their times, in order), so its rate is at least the least rate at which
+        such a bucket admits them all; that rate is returned (found by bisection: a bucket
+        with more rate admits more). It reads what was actually sent, so senders that lag
+        behind the pacing rate (a loaded loop, a fleet's shared schedule) give the rate they
+        really drew the 429 at, never the rate they were allowed. None when the burst alone
+        admits every send (nothing to tell) or no rate does (the burst was misjudged).
         """
-        period = gate / self.ramp_steps
-        target = burst / (period * end_rate) if end_rate > 0 else 0.0
-        if target <= 0 or target >= 1 / math.log(2):
-            return end_rate
-        lo, hi = 1.0, 2.0**40
-        for _ in range(60):
-            mid = (lo * hi) ** 0.5
-            if ((mid - 1) / math.log(2) - math.log2(mid)) / mid < target:
-                lo = mid
-            else:
-                hi = mid
-        return max(end_rate / lo, self.min_rate)
-
-    def held_fit(
-        self, ok: int, span: float, gate: float, burst: float, rate: float
-    ) -> float | None:
-        """A 429 while held near an estimate at ``rate``: the stretch since the gate opened was
-        above the server's rate all along, so it let ``burst + r * span`` through. None when
-        the stretch is too short to tell or the fit makes no sense."""
-        if span < self.fit_min_span * gate:
+        burst = max(burst, 1.0)
+        if len(sends) <= burst:
             return None
-        fit = (ok - burst) / span
-        # Below beta of the rate held, the stretch was not sent at that rate all along (the
-        # senders lagged): no evidence; cut as CUBIC does.
-        return fit if self.beta * rate <= fit <= rate else None
+
+        def admits(rate: float) -> bool:
+            tokens, last = burst, start
+            for t in sends:
+                tokens = min(burst, tokens + (t - last) * rate)
+                last = t
+                if tokens < 1.0 - 1e-9:
+                    return False
+                tokens -= 1.0
+            return True
+
+        lo, hi = self.min_rate, self.fit_max_rate
+        if admits(lo):
+            return lo
+        if not admits(hi):
+            return None
+        for _ in range(self.fit_steps):
+            mid = (lo * hi) ** 0.5
+            if admits(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
 
 
 PACING: Final = PacingRule()
@@ -460,13 +506,17 @@ class RatePacer:
     - **Costly gates** (whole-second ``Retry-After``): a probe past the limit closes the origin
       for a whole gate, so the pacer estimates the limit and holds below it. After the first
       429 it restarts from what the server surely gave per gate and doubles every
-      gate / ``ramp_steps`` (TCP slow start); the first stretch, sent at full speed, measured
-      the server's burst, and where the slow start drew its 429 gives the server's rate
-      (:meth:`PacingRule.ramp_limit`). The rate is then held at ``hold`` of that and grows
-      back along CUBIC over ``probe_gates`` gate lengths before probing above (CUBIC's
-      plateau around W_max; BBR and Netflix's concurrency-limits likewise probe rarely above
-      the estimate), so a whole-second gate is paid about once more, not once a second. A
-      429 while held is fitted again from the held stretch (:meth:`PacingRule.held_fit`).
+      gate / ``ramp_steps`` (TCP slow start; a waiter looks again one doubling later at most),
+      sending at once at most ``burst_share`` of the server's burst, which the first stretch,
+      sent at full speed, measured. When the slow start draws its 429, the gate it closes is
+      waited out (every answer comes in meanwhile), then the server's rate is fitted from the
+      send times of what it admitted (:meth:`PacingRule.fit`: the least rate at which a token
+      bucket of that burst admits them all; it reads what was sent, so senders that lag
+      behind the pacing rate give the right rate too). The rate is held at ``hold`` of that
+      and grows back along CUBIC over ``probe_gates`` gate lengths before probing above
+      (CUBIC's plateau around W_max; BBR and Netflix's concurrency-limits likewise probe
+      rarely above the estimate), so a whole-second gate is paid about once more, not once a
+      second. A 429 while held is fitted the same way from the held stretch.
       An announced quota (``q`` per ``w``) is the estimate from the start: held there flat.
     """
 
@@ -502,6 +552,12 @@ class RatePacer:
         self._burst_since = 0.0
         self._burst_span = 0.0
         self._ramp: tuple[float, float, float] | None = None  # start rate, since, gate
+        # What a fit reads: the recent paced sends (sequence number -> time) and the times of
+        # those the server admitted; a fit waits for the gate to open (answers come late).
+        self._sent: OrderedDict[int, float] = OrderedDict()  # O(1) at both ends
+        self._admitted: deque[float] = deque()
+        # A fit due when the gate opens: the stretch (opened, cut), its gate, the rate then.
+        self._pending: tuple[float, float, float, float] | None = None
         # The announced quota: the rate it names, and the sends it leaves before its reset.
         self._announced: float | None = None
         self._quota = QuotaCount()
@@ -534,32 +590,45 @@ class RatePacer:
         now = self._clock()
         if self._bucket is not None and now - self._last_throttle > self._rule.idle_reset:
             self._bucket, self._ramp, self._burst_est, self._open_at = None, None, None, None
+            self._pending = None
         counting = self._quota.left is not None
         return self._bucket is not None or counting or self._blocked_until > now
 
     def delay(self) -> float:
         """Seconds until the next send may go (gate open and a pacing token there)."""
         now = self._clock()
+        self._settle(now)
         self._quota.roll(now, self.sends)
         gate = max(0.0, self._blocked_until - now, self._quota.wait(now))
         if self._bucket is None:
             return gate
+        wait = self._bucket.time_to_token(now)
         if self._ramp is not None:
-            self._ramp_to(now)  # the slow start grows with time, not only with answers
-        return max(gate, self._bucket.time_to_token(now))
+            # The slow start grows with time, not only with answers: a wait reckoned at
+            # today's rate is too long, so a waiter looks again one doubling later at most.
+            self._ramp_to(now)
+            wait = min(self._bucket.time_to_token(now), self._ramp[2] / self._rule.ramp_steps)
+        return max(gate, wait)
 
     def take(self) -> int:
         """Spend the pacing token (and a unit of quota) of a send that goes now; returns the
         send's sequence number, to pass back with its answer."""
+        now = self._clock()
         if self._bucket is not None:
-            self._bucket.take(self._clock())
+            self._bucket.take(now)
         self.sends += 1
-        self._quota.take(self._clock())
+        self._quota.take(now)
+        sent = self._sent
+        sent[self.sends] = now
+        horizon = now - self._rule.fit_window
+        while next(iter(sent.values())) < horizon:
+            sent.popitem(last=False)  # sends in order: the oldest first
         return self.sends
 
     def untake(self) -> None:
         """Give back what :meth:`take` spent for a send that did not go after all (the gate
         closed while it waited for its permit)."""
+        self._sent.pop(self.sends, None)
         self.sends -= 1
         if self._quota.left is not None:
             self._quota.left += 1
@@ -594,7 +663,11 @@ class RatePacer:
         (None: sent unpaced, read as the latest).
         """
         now = self._clock()
+        self._settle(now)
         self._measure.record(now)
+        sent_at = None if seq is None else self._sent.pop(seq, None)
+        if sent_at is not None and not rate_limited:
+            self._admit(sent_at, now)
         if self._open_at is None:
             self._open_at = now  # the first answer (after an idle spell) opens a stretch
         if not rate_limited:
@@ -631,12 +704,12 @@ class RatePacer:
                     closed = self._close(now + retry_after) or closed
                 return closed
             self.epoch += 1
-            stretch = (now - self._open_at, self._open_ok)
+            opened, stretch = self._open_at, (now - self._open_at, self._open_ok)
             if retry_after is not None:
                 closed = self._close(now + retry_after) or closed
             if self._rule.costly(retry_after):
                 assert retry_after is not None
-                self._costly_cut(now, retry_after, stretch)
+                self._costly_cut(now, retry_after, stretch, opened)
             else:
                 self._ramp = None
                 self._cut_beta = self._cut_recovery = None
@@ -656,8 +729,10 @@ class RatePacer:
         rule = self._rule
         if self._bucket is None:
             self._bucket = TokenBucket(rate, now, min_rate=rule.min_rate, burst=rule.burst)
-        else:
-            self._bucket.set_rate(rate, now)
+        if self._burst_est is not None:
+            # After a gate the server's bucket is full, ours must not send more than it holds.
+            self._bucket.most = rule.burst_share * self._burst_est
+        self._bucket.set_rate(rate, now)
 
     def _hold(self, estimate: float, since: float, beta: float, gate: float) -> None:
         """Hold at ``beta`` of ``estimate``, back at it ``probe_gates`` gate lengths later."""
@@ -667,7 +742,39 @@ class RatePacer:
         estimate = max(estimate, rule.min_rate)
         self._set_cut(estimate, max(estimate * beta, rule.min_rate), since)
 
-    def _costly_cut(self, now: float, gate: float, stretch: tuple[float, int]) -> None:
+    def _admit(self, sent_at: float, now: float) -> None:
+        """Note the send time of an admitted send (answers come about in order of sends)."""
+        admitted = self._admitted
+        admitted.append(sent_at)
+        i = len(admitted) - 1
+        while i > 0 and admitted[i - 1] > sent_at:
+            admitted[i], admitted[i - 1] = admitted[i - 1], sent_at
+            i -= 1
+        while admitted[0] < now - self._rule.fit_window:
+            admitted.popleft()
+
+    def _settle(self, now: float) -> None:
+        """At the opening of a gate that a costly 429 closed after the first: every answer of
+        the stretch before it is in, so hold below the rate fitted from what was admitted;
+        with nothing to fit, cut as CUBIC does."""
+        pending = self._pending
+        if pending is None or now < self._blocked_until:
+            return
+        self._pending = None
+        opened, cut_at, gate, current = pending
+        rule = self._rule
+        sends = [t for t in self._admitted if opened <= t <= cut_at]
+        burst = self._burst_est
+        assert burst is not None
+        fit = rule.fit_burst(sends, opened, burst, self._burst_span)
+        if fit is not None:
+            self._hold(min(fit, current), self._blocked_until, rule.hold, gate)
+        else:
+            self._hold(current, self._blocked_until, rule.beta, gate)
+
+    def _costly_cut(
+        self, now: float, gate: float, stretch: tuple[float, int], opened: float
+    ) -> None:
         rule = self._rule
         reopen = max(now, self._blocked_until)
         span, ok = stretch
@@ -675,21 +782,13 @@ class RatePacer:
         if self._announced is not None:
             # The server said what it allows: hold there, no discovery, no probing.
             self._hold(self._announced, reopen, 1.0, gate)
-        elif self._ramp is not None and current is not None and self._burst_est is not None:
-            # The slow start drew its 429: the server's rate is where it began to drain the
-            # burst. The first stretch's burst includes its rate's share: take that out.
-            ramp_gate = self._ramp[2]
-            estimate = rule.ramp_limit(current, ramp_gate, self._burst_est)
-            burst = max(1.0, self._burst_est - estimate * self._burst_span)
-            self._hold(rule.ramp_limit(current, ramp_gate, burst), reopen, rule.hold, gate)
-        elif current is not None and self._cut_beta is not None:
-            # Held near an estimate: fit the rate from the held stretch; one too short to tell
-            # is cut as CUBIC does.
-            fit = rule.held_fit(ok, span, gate, self._burst_est or 0.0, current)
-            if fit is not None:
-                self._hold(fit, reopen, rule.hold, gate)
-            else:
-                self._hold(current, reopen, rule.beta, gate)
+        elif current is not None and self._burst_est is not None:
+            # After the first gate (the slow start, or a hold): the fit waits for the gate to
+            # open (_settle); until then nothing is sent.
+            if self._pending is None:
+                self._pending = (opened, now, gate, current)
+            self._ramp = None
+            self._set_rate(current * rule.beta, now)
         else:
             # No estimate: slow start. The first stretch went at full speed, so what got
             # through it is the server's burst.

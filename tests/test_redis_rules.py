@@ -196,6 +196,47 @@ def test_the_pacing_rate_after_a_429_is_the_same(redis: Redis, n: int, span: flo
     assert milli[0] / 1000 == pytest.approx(pacer.rate, abs=0.001)
 
 
+# answers over a stretch of `span` s, then a 429 whose gate is `gate` s, then a success `after`
+# s after the gate opened -> the pacing rate after the 429 and after the success
+COSTLY_429 = [(40, 0.4, 1.0, 0.5), (12, 0.01, 1.0, 1.0), (300, 2.0, 2.0, 5.0), (3, 0.5, 1.0, 0.0)]
+
+
+@pytest.mark.parametrize(("n", "span", "gate", "after"), COSTLY_429)
+def test_the_fleets_cut_for_a_whole_second_gate_is_the_rules(
+    redis: Redis, n: int, span: float, gate: float, after: float
+) -> None:
+    """A costly 429 in the fleet: PacingRule.stretch_cut, then CUBIC back over its recovery."""
+    times = [span * i / n for i in range(n)]
+    w_max, cut, beta, recovery = PACING.stretch_cut(n, span, None, gate)
+    key = f"rules:costly:{n}:{span}:{gate}:{after}"
+    redis.delete(key)
+    got = json.loads(
+        redis.eval(
+            library() + "local key = KEYS[1] local times = cjson.decode(ARGV[1])"
+            " for _, t in ipairs(times) do rate_response(key, t * 1000, false, -1, -1, 60000) end"
+            " local span, gate = tonumber(ARGV[2]) * 1000, tonumber(ARGV[3]) * 1000"
+            " local _, cut = rate_response(key, span, true, gate, 0, 60000)"
+            " local _, grown = rate_response(key, span + gate + tonumber(ARGV[4]) * 1000,"
+            "   false, -1, -1, 60000)"
+            " local v = redis.call('HMGET', key, 'first', 'total')"
+            " return cjson.encode({cut, grown, tonumber(v[2])})",
+            1,
+            key,
+            json.dumps(times),
+            repr(span),
+            repr(gate),
+            repr(after),
+        )
+    )
+    assert got[0] / 1000 == pytest.approx(cut, abs=0.001)
+    # the success: measured over the window (answers, 429 and this one) as WindowRate does
+    now = span + gate + after
+    span_seen = min(PACING.window, max(now, PACING.minimum_span))
+    measured = got[2] / span_seen
+    grown = PACING.grow(w_max, after, measured, cut, beta, recovery)  # from the opening
+    assert got[1] / 1000 == pytest.approx(grown, abs=0.002)
+
+
 # --------------------------------------------------------------------------- announced quota
 
 # steps: ("answer", now, seq, remaining, reset, limit, window[, aligned, unaligned, limited])

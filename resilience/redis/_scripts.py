@@ -41,6 +41,8 @@ def constants(rule: PacingRule = PACING, aligned: Alignment = ALIGNED) -> dict[s
         "WINDOW_MS": rule.window * 1000,
         "RATE_SLOTS": rule.window_slots,
         "MIN_SPAN_MS": rule.minimum_span * 1000,
+        "COSTLY_GATE_MS": rule.costly_gate * 1000,
+        "PROBE_GATES": rule.probe_gates,
         "REORDER_MS": REORDER * 1000,
         "BREAKER_BUCKETS": BREAKER_BUCKETS,
         "MAX_PREDICTED_WINDOW_MS": MAX_PREDICTED_WINDOW * 1000,

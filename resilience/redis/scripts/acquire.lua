@@ -61,7 +61,7 @@ local rv = redis.call('HMGET', rkey, 'blocked', 'epoch', 'rate', 'tat', 'throttl
 if rv[3] and now - (tonumber(rv[5]) or 0) > IDLE_RESET_MS then
   -- no 429 for a while: pacing off; the next burst goes at full speed and, if the limit is
   -- still there, learns it again from one 429 (RatePacer's idle_reset)
-  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail')
+  redis.call('HDEL', rkey, 'rate', 'tat', 'wmax', 'lastfail', 'cbeta', 'crec', 'openat', 'openok')
   rv[3] = false
 end
 local q = quota_load(rkey)

@@ -7,10 +7,13 @@ local function pace_cut(measured, rate)
   return current, math.max(current * BETA, MIN_RATE)
 end
 
--- PacingRule.grow: a success `since_cut` seconds after the cut from `wmax`
-local function pace_grow(wmax, since_cut, measured, rate)
-  local scale = math.max(wmax * (1 - BETA) / (RECOVERY ^ 3), 1e-9)
-  local k = (wmax * (1 - BETA) / scale) ^ (1 / 3)
+-- PacingRule.grow: a success `since_cut` seconds after the cut from `wmax` (to `beta` of it,
+-- back there after `recovery` s; nil: the rule's own)
+local function pace_grow(wmax, since_cut, measured, rate, beta, recovery)
+  beta = beta or BETA
+  recovery = recovery or RECOVERY
+  local scale = math.max(wmax * (1 - beta) / (recovery ^ 3), 1e-9)
+  local k = (wmax * (1 - beta) / scale) ^ (1 / 3)
   local cubic = scale * (math.max(since_cut, 0) - k) ^ 3 + wmax
   return math.max(math.min(cubic, math.max(2 * measured, rate)), MIN_RATE)
 end
@@ -67,9 +70,11 @@ local function window_fields(w, out)
 end
 
 -- The pacer's fields besides the window's: the gate, the cut counter, the rate and the cut it
--- grows from. The fleet paces by botocore's rule after any gate: RatePacer's rule for costly
--- gates (slow start, estimate, hold) is not run here (see the README).
-local PACER_FIELDS = {'blocked', 'epoch', 'rate', 'wmax', 'lastfail'}
+-- grows from (with a costly cut's beta and recovery in s: cbeta, crec; absent: the cheap
+-- rule's), and the open stretch (openat ms, openok: since when the gate is open and how many
+-- answers got through since).
+local PACER_FIELDS = {'blocked', 'epoch', 'rate', 'wmax', 'lastfail', 'cbeta', 'crec', 'openat',
+                      'openok'}
 
 local function pacer_load(key)
   local p = hash_load(key, PACER_FIELDS)
@@ -89,7 +94,19 @@ local function pacer_close(p, now, untl)
   local closed = 0
   if p.blocked <= now then closed = 1 end
   p.blocked = untl
+  p.openat, p.openok = untl, 0  -- the next stretch starts when the gate opens
   return closed
+end
+
+-- PacingRule.stretch_cut, the fleet's rule for a costly gate: its first stretch is no burst
+-- (its workers start over 0.1-1 s), so the server's burst cannot be told from it and nothing
+-- is fitted. The rate is cut to BETA of what got through the open stretch (`ok` answers over
+-- `span` s) and grows back to it along CUBIC over PROBE_GATES gate lengths (`gate` s) from
+-- the gate's opening (`reopen` ms), probing above only after that.
+local function pace_costly(p, ok, span, rate, gate, reopen)
+  local wmax, new_rate = pace_cut(ok / math.max(span, MIN_SPAN_MS / 1000), rate)
+  p.wmax, p.lastfail, p.cbeta, p.crec = wmax, reopen, BETA, PROBE_GATES * gate
+  return new_rate
 end
 
 -- One response into the origin's gate and pacer (RatePacer.on_response, cheap gates' rule).
@@ -98,6 +115,8 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
   local rate = p.rate
   local w = window_load(key)
   window_record(w, now)
+  if p.openat == nil then p.openat, p.openok = now, 0 end
+  if not limited and now >= p.openat then p.openok = (p.openok or 0) + 1 end
   local closed = 0
   local new_rate = nil
   local q = nil
@@ -110,15 +129,21 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
     if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
   elseif limited then
     redis.call('HSET', key, 'throttled', now)
+    local span, ok = (now - p.openat) / 1000, p.openok or 0
     if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
     if epoch_sent == p.epoch then
       -- a cut, at most once per round trip: only sends paced since the last cut may cut
       p.epoch = p.epoch + 1
-      p.wmax, new_rate = pace_cut(window_rate(w, now), rate)
-      p.lastfail = now
+      if retry_after >= COSTLY_GATE_MS then
+        new_rate = pace_costly(p, ok, span, rate, retry_after / 1000, math.max(now, p.blocked))
+      else
+        p.wmax, new_rate = pace_cut(window_rate(w, now), rate)
+        p.lastfail, p.cbeta, p.crec = now, nil, nil
+      end
     end
   elseif rate then
-    new_rate = pace_grow(p.wmax, (now - (p.lastfail or now)) / 1000, window_rate(w, now), rate)
+    new_rate = pace_grow(p.wmax, (now - (p.lastfail or now)) / 1000, window_rate(w, now), rate,
+                         p.cbeta, p.crec)
   end
   if new_rate then
     -- a new rate spaces the sends scheduled from now on; those already scheduled keep their
