@@ -419,6 +419,13 @@ class QuotaCount:
             self.aligned = False
         if seq <= self._rolled or seq < self._seq:
             return  # older than what we know
+        at = self.aligned_at
+        if at is not None and self.aligned and now >= at + ALIGNED.skew and not self._probing:
+            # Still sending when the aligned end passed (the window was not used up): this
+            # answer is the next window's, and says what is left of it; the old count and
+            # its reset are the old window's.
+            self._rolled, self._fresh, self.reset_at = seq - 1, True, None
+            self.aligned_at = None
         if self._probing and (limited or quota.remaining is not None):
             self._probed(refilled=not limited)
         if quota.remaining is None:

@@ -160,6 +160,20 @@ def test_a_probe_never_answered_holds_no_longer_than_the_named_reset() -> None:
     assert count.aligned  # no evidence either way
 
 
+def test_an_answer_read_after_the_aligned_end_starts_the_next_window() -> None:
+    # The window was not used up: sends went on past its aligned end, and the server counted
+    # them in its next window. That window's first answer is the count from then on (before,
+    # the old count's minimum held, and its end a second late drew a refused probe).
+    count = QuotaCount()
+    count.answer(Quota(100, 1.0, 50, 1.0, aligned=0.5), seq=50, sends=50, now=0.5)
+    for _ in range(30):
+        send(count)
+    count.answer(Quota(100, 1.0, 90, 1.0, aligned=0.97), seq=70, sends=80, now=1.03)
+    assert count.left == 80  # 90, less the 10 sent after that one
+    assert count.reset_at == pytest.approx(2.03)
+    assert count.aligned_at == pytest.approx(2.0)
+
+
 def test_a_count_not_spent_is_not_rolled_early() -> None:
     count = QuotaCount()
     count.answer(Quota(100, 1.0, 5, 1.0, aligned=0.6), seq=95, sends=95, now=10.4)

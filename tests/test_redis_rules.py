@@ -273,6 +273,9 @@ QUOTA_RUNS = [
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0, 1.0, 0, 0), ("take", 0.5), ("roll", 1.0),
      ("take", 1.0), ("take", 1.0), ("answer", 1.01, 2, 3, 1.0, 10, 1.0, 0.99, 0, 0)],
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.5), ("roll", 1.0), ("take", 1.0)],
+    # an answer read after the aligned end of a count not spent: the next window's count
+    [("answer", 0.5, 0, 8, 1.0, 10, 1.0, 0.5, 0, 0), ("take", 0.6), ("take", 0.9),
+     ("take", 1.0), ("answer", 1.03, 2, 9, 1.0, 10, 1.0, 0.97, 0, 0), ("take", 1.04)],
 ]  # fmt: skip
 
 

@@ -72,6 +72,10 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, 
   if limit >= 0 then q.qlimit = limit end
   if unaligned == 1 then q.qunal = 1 end
   if seq <= q.qrolled or seq < q.qseq then return end
+  if q.qal ~= nil and not q.qunal and now >= q.qal + ALIGN_SKEW_MS and not q.qprobe then
+    -- still sending when the aligned end passed: this answer is the next window's
+    q.qrolled, q.qfresh, q.qreset, q.qal = seq - 1, 1, nil, nil
+  end
   if q.qprobe and (limited == 1 or remaining >= 0) then quota_probed(q, limited ~= 1) end
   if remaining < 0 then return end
   q.qseq = seq
