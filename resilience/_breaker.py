@@ -166,11 +166,14 @@ class Window:
         "_totals",
         "_width",
         "last_failure",
+        "memory",
     )
 
     def __init__(self, duration: float) -> None:
         self._duration = duration
         self._width = duration / BUCKETS
+        # How long a failure may still be counted: the window and the bucket it began in.
+        self.memory = duration + self._width
         self._stamp: list[float] = []  # the bucket index (time // width) each slot holds
         self._totals: list[int] = []
         self._failures: list[int] = []
@@ -199,7 +202,7 @@ class Window:
     def has_failures(self, now: float) -> bool:
         """Might the window hold a failure? False for certain when the last one is older than
         the window (the common case: no scan of the buckets)."""
-        return now - self.last_failure < self._duration + self._width
+        return now - self.last_failure < self.memory
 
     def counts(self, now: float) -> tuple[int, int]:
         """(attempts, failures) in the window ending at ``now``."""
@@ -267,6 +270,16 @@ class Breaker:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    def pass_now(self, now: float) -> Pass | None:
+        """``admit(now, None)`` in the common case, closed with no failure the window could
+        still count (nothing to decide: the happy path's one call); None: ask :meth:`admit`."""
+        if self.state is not BreakerState.CLOSED or now - self.window.last_failure < (
+            self.window.memory
+        ):
+            return None
+        self._pending += 1
+        return self._pass
 
     def admit(self, now: float, deadline: float | None, *, commit: bool = True) -> Admit:
         """May an attempt go now? ``commit=False`` only looks (a request checks before it
@@ -340,7 +353,8 @@ class Breaker:
 
     def _ended(self) -> bool:
         """One attempt of this closed period ended; True if a request is held for room."""
-        self._pending = max(0, self._pending - 1)
+        if self._pending > 0:
+            self._pending -= 1
         held, self._suspect_hold = self._suspect_hold, False
         return held
 
@@ -391,12 +405,13 @@ class Ramp:
 
     def sent(self) -> None:
         self.in_flight += 1
-        if self.cap is None:
-            self.peak = max(self.peak, self.in_flight)
+        if self.cap is None and self.in_flight > self.peak:
+            self.peak = self.in_flight
 
     def ended(self, tally: Tally | None) -> bool:
         """One attempt ended (``None``: abandoned); True when the cap grew (wake waiters)."""
-        self.in_flight = max(0, self.in_flight - 1)
+        if self.in_flight > 0:
+            self.in_flight -= 1
         if self.cap is None:
             return False
         if tally is not None and tally is not Tally.FAILURE:

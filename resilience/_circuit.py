@@ -223,13 +223,16 @@ class Circuit:
             or here.ramp.cap is not None  # the slow start after an outage: enter() paces it
         ):
             return None
-        decision = breaker.admit(self._clock(), None)
-        if decision.__class__ is not Pass:
-            return None  # held (a suspected outage): the slow path
-        assert isinstance(decision, Pass)
-        if decision.probe:  # the breaker moved on since we looked: not the happy path
-            breaker.abandon(decision)
-            return None
+        now = self._clock()
+        decision = breaker.pass_now(now)
+        if decision is None:
+            admitted = breaker.admit(now, None)
+            if not isinstance(admitted, Pass):
+                return None  # held (a suspected outage): the slow path
+            if admitted.probe:  # the breaker moved on since we looked: not the happy path
+                breaker.abandon(admitted)
+                return None
+            decision = admitted
         here.ramp.sent()
         return CircuitTicket(origin, here, decision, 0.0)
 

@@ -299,3 +299,28 @@ def test_outage_from_the_start_sends_exactly_minimum_throughput() -> None:
             sent += 1
         breaker.record(in_flight.pop(0), Tally.FAILURE, 0.0)
     assert sent == SETTINGS.minimum_throughput
+
+
+def test_pass_now_answers_as_admit_while_healthy_and_defers_to_it_otherwise() -> None:
+    """The happy path's shortcut: the same Pass (and count in flight) as ``admit`` while no
+    failure can be counted; None, so admit decides, once one might be."""
+    fast, slow = Breaker(SETTINGS), Breaker(SETTINGS)
+    for now in (0.0, 0.3, 4.0):
+        assert fast.pass_now(now) == send(slow, now)
+    for breaker in (fast, slow):
+        for _ in range(3):
+            breaker.record(breaker._pass, Tally.SUCCESS, 4.0)
+    fail_n(fast, 1, 5.0)
+    assert fast.pass_now(5.1) is None  # a failure in the window: admit decides
+    assert fast.pass_now(5.0 + fast.window.memory - 0.01) is None
+    assert fast.pass_now(5.0 + fast.window.memory) == Pass(probe=False, epoch=0)
+    opened_breaker = opened()
+    assert opened_breaker.pass_now(0.1) is None
+
+
+def test_successes_in_one_bucket_count_as_adding_them_one_by_one() -> None:
+    quick, plain = Window(10.0), Window(10.0)
+    for now in (0.0, 0.2, 0.99, 1.0, 1.5, 12.0, 11.0, 30.0):
+        quick.add_success(now)
+        plain.add(now, failure=False)
+        assert quick.counts(now) == plain.counts(now), now
