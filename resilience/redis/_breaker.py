@@ -177,7 +177,11 @@ class SharedBreakers:
         if ticket.token == _UNCOUNTED and tally is not Tally.FAILURE:
             if tally is Tally.SUCCESS:
                 view.successes += 1
-                if time.monotonic() - view.flushed_at >= FLUSH_EVERY:
+                now = time.monotonic()
+                if now - view.flushed_at >= FLUSH_EVERY:
+                    # Due from now: the successes ending before this flush runs join it
+                    # (a burst of them started one flush each).
+                    view.flushed_at = now
                     self._spawn(self._background(origin, ticket, "n"))
             return False
         return await self._record(origin, ticket, _TALLY_ARG[tally], code)
