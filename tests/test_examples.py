@@ -48,7 +48,8 @@ def run_example(name: str) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=30,
+        # A hang guard, not a speed test: fleet.py starts five processes (16 s at load 8).
+        timeout=120,
         check=False,
     )
 
