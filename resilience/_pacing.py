@@ -354,8 +354,8 @@ class QuotaCount:
     """
 
     __slots__ = (
-        "_coarse", "_early", "_fresh", "_last_take", "_probing", "_rolled", "_seq", "aligned",
-        "aligned_at", "left", "limit", "reset_at", "window",
+        "_coarse", "_early", "_ended", "_fresh", "_last_take", "_probing", "_rolled", "_seq",
+        "aligned", "aligned_at", "left", "limit", "reset_at", "window",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -372,6 +372,7 @@ class QuotaCount:
         self._early = False  # ... and the roll was at the aligned boundary
         self._coarse = False  # a reset in this window was named in whole delta seconds
         self._last_take = -math.inf  # when our latest send was taken
+        self._ended: int | None = None  # sends taken before the aligned end passed, unspent
 
     def roll(self, now: float, sends: int) -> None:
         """The window reset: its whole quota is there again.
@@ -388,10 +389,16 @@ class QuotaCount:
             return
         if now < reset_at:
             at = self.aligned_at
-            if at is None or now < at + ALIGNED.skew or not self.spent() or not self.aligned:
+            if at is None or now < at + ALIGNED.skew or not self.aligned:
+                return
+            if not self.spent():
+                # Not used up by its aligned end: sends from here on are the next window's
+                # (the first answer to one of them starts its count, in answer()).
+                if self._ended is None:
+                    self._ended = sends
                 return
             self._rolled, self._fresh, self._probing, self._early = sends, True, True, True
-            self.left, self.aligned_at, self._coarse = 1, None, False
+            self.left, self.aligned_at, self._coarse, self._ended = 1, None, False, None
             return
         window = self.window
         # A whole-second reset names the end only to within a second: sends taken in that
@@ -400,7 +407,7 @@ class QuotaCount:
         # its answer says what is left.
         unsure = self._coarse and self._last_take > reset_at - 1.0
         self._rolled, self._fresh, self.aligned_at, self._coarse = sends, True, None, False
-        self._probing, self._early = unsure, False
+        self._probing, self._early, self._ended = unsure, False, None
         self.left = 1 if unsure else self.limit
         if not window or window > MAX_PREDICTED_WINDOW:
             self.reset_at = None  # no hold until an answer names the next reset
@@ -419,13 +426,13 @@ class QuotaCount:
             self.aligned = False
         if seq <= self._rolled or seq < self._seq:
             return  # older than what we know
-        at = self.aligned_at
-        if at is not None and self.aligned and now >= at + ALIGNED.skew and not self._probing:
-            # Still sending when the aligned end passed (the window was not used up): this
-            # answer is the next window's, and says what is left of it; the old count and
-            # its reset are the old window's.
-            self._rolled, self._fresh, self.reset_at = seq - 1, True, None
-            self.aligned_at = None
+        ended = self._ended
+        if ended is not None and seq > ended and self.aligned:
+            # Sent after the aligned end of a window not used up: the answer is the next
+            # window's and says what is left of it (by its send, not by when we read it: a
+            # late read is no evidence); the old count and its reset are the old window's.
+            self._rolled, self._fresh, self.reset_at = ended, True, None
+            self.aligned_at, self._ended = None, None
         if self._probing and (limited or quota.remaining is not None):
             self._probed(refilled=not limited)
         if quota.remaining is None:

@@ -166,10 +166,16 @@ def test_an_answer_read_after_the_aligned_end_starts_the_next_window() -> None:
     # the old count's minimum held, and its end a second late drew a refused probe).
     count = QuotaCount()
     count.answer(Quota(100, 1.0, 50, 1.0, aligned=0.5), seq=50, sends=50, now=0.5)
-    for _ in range(30):
+    for _ in range(20):
         send(count)
-    count.answer(Quota(100, 1.0, 90, 1.0, aligned=0.97), seq=70, sends=80, now=1.03)
-    assert count.left == 80  # 90, less the 10 sent after that one
+    count.roll(1.0 + SKEW, sends=70)  # the aligned end passes; 30 left of the old count
+    for _ in range(10):
+        send(count)
+    # Read late, an answer to a send before the end says nothing of the next window.
+    count.answer(Quota(100, 1.0, 31, 1.0, aligned=0.5), seq=69, sends=80, now=1.1)
+    assert count.left == 20
+    count.answer(Quota(100, 1.0, 90, 1.0, aligned=0.97), seq=71, sends=80, now=1.03)
+    assert count.left == 81  # 90, less the 9 sent after that one
     assert count.reset_at == pytest.approx(2.03)
     assert count.aligned_at == pytest.approx(2.0)
 

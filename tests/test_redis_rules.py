@@ -274,8 +274,10 @@ QUOTA_RUNS = [
      ("take", 1.0), ("take", 1.0), ("answer", 1.01, 2, 3, 1.0, 10, 1.0, 0.99, 0, 0)],
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.5), ("roll", 1.0), ("take", 1.0)],
     # an answer read after the aligned end of a count not spent: the next window's count
+    # (an answer to a send before the end, read late, is not)
     [("answer", 0.5, 0, 8, 1.0, 10, 1.0, 0.5, 0, 0), ("take", 0.6), ("take", 0.9),
-     ("take", 1.0), ("answer", 1.03, 2, 9, 1.0, 10, 1.0, 0.97, 0, 0), ("take", 1.04)],
+     ("roll", 1.025), ("take", 1.03), ("answer", 1.05, 2, 6, 1.0, 10, 1.0, 0.95, 0, 0),
+     ("answer", 1.06, 3, 9, 1.0, 10, 1.0, 0.94, 0, 0), ("take", 1.07)],
 ]  # fmt: skip
 
 

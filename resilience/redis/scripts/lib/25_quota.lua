@@ -6,9 +6,10 @@
 -- (resilience/_aligned.py): qal (ms, where it places this window's end), qunal (1: contradicted
 -- at this origin, for good), qprobe (1: rolled, its probe not answered), qearly (1: the roll
 -- was at the aligned end), qcoarse (1: a reset in this window was whole delta seconds), qlast
--- (when the latest send was taken). Times in ms.
+-- (when the latest send was taken), qended (sends taken before the aligned end of a count
+-- not spent). Times in ms.
 local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qseq', 'qrolled', 'qfresh', 'sends',
-                      'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast'}
+                      'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast', 'qended'}
 
 local function quota_load(key)
   local q = hash_load(key, QUOTA_FIELDS)
@@ -35,15 +36,20 @@ end
 local function quota_roll(q, now)
   if q.qreset == nil then return end
   if now < q.qreset then
-    if q.qal == nil or now < q.qal + ALIGN_SKEW_MS or not quota_spent(q) or q.qunal then return end
+    if q.qal == nil or now < q.qal + ALIGN_SKEW_MS or q.qunal then return end
+    if not quota_spent(q) then
+      -- not used up by its aligned end: sends from here on are the next window's
+      if q.qended == nil then q.qended = q.sends end
+      return
+    end
     q.qrolled, q.qfresh, q.qprobe, q.qearly = q.sends, 1, 1, 1
-    q.qleft, q.qal, q.qcoarse = 1, nil, nil
+    q.qleft, q.qal, q.qcoarse, q.qended = 1, nil, nil, nil
     return
   end
   -- a whole-second reset names the end only to within a second: sends taken in that second
   -- may count in the server's new window already; then one probe first
   local unsure = q.qcoarse and (q.qlast or -math.huge) > q.qreset - 1000
-  q.qrolled, q.qfresh, q.qal, q.qcoarse, q.qearly = q.sends, 1, nil, nil, nil
+  q.qrolled, q.qfresh, q.qal, q.qcoarse, q.qearly, q.qended = q.sends, 1, nil, nil, nil, nil
   if unsure then q.qprobe, q.qleft = 1, 1 else q.qprobe, q.qleft = nil, q.qlimit end
   if q.qwin and q.qwin > 0 and q.qwin <= MAX_PREDICTED_WINDOW_MS then
     q.qreset = q.qreset + q.qwin * (1 + math.floor((now - q.qreset) / q.qwin))
@@ -72,9 +78,9 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, 
   if limit >= 0 then q.qlimit = limit end
   if unaligned == 1 then q.qunal = 1 end
   if seq <= q.qrolled or seq < q.qseq then return end
-  if q.qal ~= nil and not q.qunal and now >= q.qal + ALIGN_SKEW_MS and not q.qprobe then
-    -- still sending when the aligned end passed: this answer is the next window's
-    q.qrolled, q.qfresh, q.qreset, q.qal = seq - 1, 1, nil, nil
+  if q.qended ~= nil and seq > q.qended and not q.qunal then
+    -- sent after the aligned end of a window not used up: the answer is the next window's
+    q.qrolled, q.qfresh, q.qreset, q.qal, q.qended = q.qended, 1, nil, nil, nil
   end
   if q.qprobe and (limited == 1 or remaining >= 0) then quota_probed(q, limited ~= 1) end
   if remaining < 0 then return end
