@@ -200,8 +200,9 @@ class PacingRule:
     """The shortest span a first rate estimate averages over (errs high on purpose)."""
     costly_gate: float = 0.25
     """A gate at least this long (seconds) makes a probe past the limit costly."""
-    hold: float = 0.95
-    """After a costly gate the rate is held at this share of the estimated limit."""
+    hold: float = 0.9
+    """After a costly gate the rate is held at this share of the estimated limit (fits of a
+    real server's rate spread by about 6 %: a hold above the rate costs a gate)."""
     probe_gates: float = 2.0
     """After a costly gate of ``g`` s, CUBIC is back at the estimate ``probe_gates * g`` s later
     and probes above it slower still: a probe costs a gate, so probes are rare."""
