@@ -386,8 +386,11 @@ if __name__ == "__main__":
 
 async def wake_delay(holder_store: Any, waiter_store: Any, origin: str) -> float:
     """Seconds from a release in one store to the wake-up of a request parked in another:
-    ``holder_store`` takes the one permit, ``waiter_store``'s request parks behind it (checked
-    still parked after 0.3 s), then the permit is released."""
+    ``holder_store`` takes the one permit, ``waiter_store``'s request parks behind it (its waker
+    listening for wake-ups), then the permit is released. Woken by the release, that is a few
+    round trips; by the parked waiter's own poll instead, it is about ``PARK_POLL``."""
+    from resilience.redis._parking import PARK_POLL
+
     held = await holder_store.admit(origin, None)
     admitted = asyncio.Event()
     woke_at = 0.0
@@ -400,10 +403,15 @@ async def wake_delay(holder_store: Any, waiter_store: Any, origin: str) -> float
         admission.release()
 
     task = asyncio.create_task(wait_for_permit())
-    await asyncio.sleep(0.3)
+    # Parked, not just asked: a fixed 0.3 s was not always enough for a loaded machine to make
+    # a cluster client's first round trip, and a release before the ask is no wake-up at all.
+    deadline = time.monotonic() + 20
+    while not waiter_store.stats().round_trips.get("wake"):  # the waker pops while one parks
+        assert time.monotonic() < deadline, "the waiter never parked"
+        await asyncio.sleep(0.005)
     assert not admitted.is_set()
     released_at = time.monotonic()
     held.release()
-    await asyncio.wait_for(admitted.wait(), 1.0)
+    await asyncio.wait_for(admitted.wait(), 2 * PARK_POLL)  # a lost wake-up still measures
     await task
     return woke_at - released_at
