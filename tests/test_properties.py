@@ -460,6 +460,10 @@ def test_loop_never_waits_past_max_elapsed(
         allowed: tuple[type[BaseException], ...] = (DeadlineExceeded,)
         if expected.exception:
             allowed += expected.exception
+        # The deadline may cut the run short after any attempt (a slow machine reaches it
+        # sooner): a transport failure that attempt met is then the error, as with no retry.
+        if 0 < run.requests <= len(script) and script[run.requests - 1].kind == "transport":
+            allowed += (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
         assert isinstance(run.error, allowed), run.error
     sent = [e for e in run.events if e["duration"] is not None]
     if run.body_error is not None:  # only a truncated final answer breaks the caller's read
