@@ -121,7 +121,7 @@ class _Call:
         header = mw.settings.request_id_header
         request_id = req.headers.get(header)
         if not request_id:
-            request_id = _IDS.pop() if _IDS else new_request_id()
+            request_id = new_request_id()
             req.headers[header] = request_id
         self.request_id = request_id
         self.hooks = mw.hooks
@@ -155,7 +155,9 @@ class _Call:
             # A copy of the headers as this middleware sees them (the credentials the account
             # stop compares); the guard itself is made only when some account is stopped or an
             # answer stops this one.
-            credentials = req.headers.copy() if accounts is not None else None
+            credentials: Mapping[str, str] | None = (
+                req.headers.copy() if accounts is not None else None
+            )
             account: AccountGuard | None = None
             store.deposit_request()
             first = True
@@ -235,17 +237,6 @@ class _Call:
                     if not self._log_cut_off(exc, began, sent_at, resp, start):
                         self._abandon(start, exc, began, sent_at)
                     raise
-                if decision is OK_DECISION and hooks is None and self.attempt == 1:
-                    # The happy path's ending: nothing to log unless DEBUG is on (_log), the
-                    # permit lasts until the body is read (_finish), no error to raise.
-                    if debug_enabled():
-                        self._log(ending, decision, began, sent_at, resp, start, feedback)
-                    assert resp is not None
-                    connection = resp.connection
-                    if connection is not None and resp.status < 400:
-                        connection.add_callback(admission.release)
-                        return resp
-                    return self._finish(resp, ending.verdict, admission)
                 self._log(ending, decision, began, sent_at, resp, start, feedback)
                 if decision.wait is Wait.NONE:
                     if resp is not None:
@@ -263,9 +254,9 @@ class _Call:
             _HANDLING.reset(token)
 
     def _guard(
-        self, accounts: AccountStops, credentials: object, *, sent: bool = False
+        self, accounts: AccountStops, credentials: Mapping[str, str] | None, *, sent: bool = False
     ) -> AccountGuard:
-        assert isinstance(credentials, Mapping)  # copied when the middleware has accounts
+        assert credentials is not None  # copied whenever the middleware has account stops
         settings = self.mw.settings
         return AccountGuard(
             accounts, self.origin, credentials, self.req.url, settings.redaction, sent=sent
