@@ -340,12 +340,18 @@ PACING: Final = PacingRule()
 class QuotaCount:
     """The announced quota, counted down by our own sends between answers.
 
-    An answer to send ``seq`` saying ``remaining`` counted that send, not the ones sent after
-    it (answers come back in about the order of sends): ``remaining - (sends - seq)`` sends
-    are left. Within one window the count only goes down (an answer overtaken by later ones
-    says too much), and the reset is the earliest any answer named (resets in whole seconds
-    are rounded up: the earliest is the tightest). When the reset passes the whole quota is
-    there again, and answers to sends before that moment are ignored.
+    Within one window the server's count only goes up, so the least ``remaining`` any answer
+    named is the latest count we know; every send we counted and have no answer to yet may
+    still be counted after it: ``least remaining - sends in flight`` are left, reckoned again
+    at each answer. Sends race to the server (between processes above all), so no answer is
+    read as counting only the sends before it: one counted after later sends would subtract
+    those twice, and a count pinned to its least would lose them for the window. The rule
+    never over-sends (an answered send was counted; an unanswered one is assumed not yet)
+    and what it holds back comes back as the answers do, so a spent count with sends in
+    flight looks again every ``probe_poll``. The reset is the earliest any answer named
+    (resets in whole seconds are rounded up: the earliest is the tightest). When the reset
+    passes the whole quota is there again, and answers to sends before that moment are
+    ignored.
 
     A whole-second reset is up to a second late, so a spent count is held only until the
     boundary the wall-clock alignment places (``Quota.aligned``, the rule in ``_aligned.py``)
@@ -355,8 +361,8 @@ class QuotaCount:
     """
 
     __slots__ = (
-        "_coarse", "_early", "_ended", "_fresh", "_last_take", "_probing", "_rolled", "_seq",
-        "aligned", "aligned_at", "left", "limit", "reset_at", "window",
+        "_coarse", "_early", "_ended", "_flying", "_fresh", "_last_take", "_least", "_probing",
+        "_rolled", "aligned", "aligned_at", "left", "limit", "reset_at", "window",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -364,7 +370,8 @@ class QuotaCount:
         self.window: float | None = None
         self.left: int | None = None  # None: nothing to count (no remaining announced yet)
         self.reset_at: float | None = None
-        self._seq = 0  # the newest send an answer told us about
+        self._least = 0  # the least remaining an answer in this window named
+        self._flying: set[int] = set()  # counted sends not answered yet (by number)
         self._rolled = -1  # answers to sends up to this one belong to an older window
         self._fresh = True  # no answer yet in this window
         self.aligned = True  # the wall-clock alignment is not contradicted at this origin
@@ -388,10 +395,11 @@ class QuotaCount:
         reset_at = self.reset_at
         if reset_at is None:
             return
-        if now < reset_at:
-            at = self.aligned_at
-            if at is None or now < at + ALIGNED.skew or not self.aligned:
-                return
+        roll_at = self._roll_at()
+        assert roll_at is not None
+        if now < roll_at:
+            return
+        if now < reset_at:  # the aligned end, before the reset named
             if not self.spent():
                 # Not used up by its aligned end: sends from here on are the next window's
                 # (the first answer to one of them starts its count, in answer()).
@@ -415,18 +423,43 @@ class QuotaCount:
             return
         self.reset_at = reset_at + window * (1 + (now - reset_at) // window)
 
+    def _roll_at(self) -> float | None:
+        """When the count rolls: at the aligned end while the alignment holds, else at the
+        reset named. The aligned end may lie up to two skews past the reset named (a candidate
+        is the latest in the skew-widened second): answers just before a boundary name a reset
+        a few milliseconds before the end of the *next* window if our sends crossed into it,
+        and a roll there would send the probe into a window still spent."""
+        at = self.aligned_at
+        if at is not None and self.aligned and self.reset_at is not None:
+            return at + ALIGNED.skew
+        return self.reset_at
+
+    def ended(self, seq: int) -> None:
+        """Send ``seq`` left flight with no count read from it (an answer without rate-limit
+        headers, a transport error, a cancellation): the server may have counted it, so it
+        stays spent. Idempotent (a send already answered is not in flight)."""
+        flying = self._flying
+        if seq in flying:
+            flying.remove(seq)
+            self._spend_unread(seq)
+
     def answer(
-        self, quota: Quota, seq: int, sends: int, now: float, *, limited: bool = False
+        self, quota: Quota, seq: int, now: float, *, limited: bool = False, counted: bool = True
     ) -> None:
-        """An answer (``limited``: a 429) to send ``seq`` announced ``quota``."""
+        """An answer (``limited``: a 429) to send ``seq`` announced ``quota``; ``counted``:
+        ``seq`` is one of our counted sends (False: a send not numbered, read as the latest)."""
+        flying = self._flying
+        counted = counted and seq in flying
+        if counted:
+            flying.remove(seq)
         if quota.window is not None and quota.limit is not None:
             self.window = quota.window
         if quota.limit is not None:
             self.limit = quota.limit
         if quota.unaligned:
             self.aligned = False
-        if seq <= self._rolled or seq < self._seq:
-            return  # older than what we know
+        if seq <= self._rolled:
+            return  # the older window's: says nothing of this one (nor was it counted in it)
         ended = self._ended
         if ended is not None and seq > ended and self.aligned:
             # Sent after the aligned end of a window not used up: the answer is the next
@@ -436,11 +469,13 @@ class QuotaCount:
             self.aligned_at, self._ended = None, None
         if self._probing and (limited or quota.remaining is not None):
             self._probed(refilled=not limited)
-        if quota.remaining is None:
-            return  # nothing to count
-        self._seq = seq
-        left = max(0, quota.remaining - (sends - seq))
-        self.left = left if self._fresh or self.left is None else min(self.left, left)
+        if quota.remaining is None:  # nothing to count
+            if counted:
+                self._spend_unread(seq)
+            return
+        least = quota.remaining if self._fresh else min(self._least, quota.remaining)
+        self._least = least
+        self.left = max(0, least - len(flying))
         if quota.reset is not None:
             reset_at = now + quota.reset
             coarse = quota.aligned is not None or quota.unaligned  # whole delta seconds
@@ -459,6 +494,12 @@ class QuotaCount:
                 self.aligned_at = at if fresh else min(self.aligned_at or at, at)
         self._fresh = False
 
+    def _spend_unread(self, seq: int) -> None:
+        """Send ``seq`` left flight, its count not read: the server may have counted it in
+        this window (one sent before the roll counted in the old one)."""
+        if not self._fresh and seq > self._rolled:
+            self._least = max(0, self._least - 1)
+
     def _probed(self, *, refilled: bool) -> None:
         """The first answer after a roll with a probe. At the aligned boundary the count was
         spent: had the window not ended, the server would have refused the probe; a success
@@ -471,37 +512,57 @@ class QuotaCount:
             return
         if self._early:  # still the old window: the alignment is wrong for this origin
             self.aligned, self.aligned_at = False, None
-        self._fresh, self.left = False, 0
+        self._fresh, self.left, self._least = False, 0, 0
 
     def throttled(self, seq: int) -> None:
         """A 429 while counting: the quota is spent sooner than counted."""
-        if self._probing and seq > self._rolled:
-            self._probed(refilled=False)
+        if seq > self._rolled:
+            if self._probing:
+                self._probed(refilled=False)
+            # this window's: later answers cannot give back what the 429 refused
+            self._least, self._fresh = 0, False
         self.left = 0
 
-    def take(self, now: float) -> None:
-        """One send taken at ``now`` (nothing to do while no quota is counted)."""
+    def take(self, now: float, seq: int) -> None:
+        """Send ``seq`` taken at ``now`` (nothing to do while no quota is counted)."""
         if self.left is not None:
             self.left -= 1
             self._last_take = now
+            self._flying.add(seq)
+
+    def untake(self, seq: int) -> None:
+        """Send ``seq`` did not go after all: its unit of quota is back."""
+        if seq in self._flying:
+            self._flying.discard(seq)
+            assert self.left is not None
+            self.left += 1
 
     def spent(self) -> bool:
-        """True when no send is left before a known reset."""
-        return self.left is not None and self.left <= 0 and self.reset_at is not None
+        """True when no send is left before a known reset, or before the answers in flight
+        (with no reset known, they name the next one: sending on would spend blind)."""
+        return (
+            self.left is not None
+            and self.left <= 0
+            and (self.reset_at is not None or bool(self._flying))
+        )
+
+    def holding(self) -> bool:
+        """Spent with no counted send in flight: held until the reset or the aligned end (a
+        gate closed). While sends are in flight their answers may give back what they held."""
+        return not self._flying and self.spent()
 
     def wait(self, now: float) -> float:
         """Seconds a spent quota holds the origin's sends: until the aligned boundary, or the
-        reset; while the probe is out, a short look again (at most until the reset)."""
+        reset; while the probe or another counted send is out, a short look again (at most
+        until the roll)."""
         if not self.spent():
             return 0.0
-        assert self.reset_at is not None
-        until = self.reset_at - now
-        if self._probing:
-            return max(0.0, min(until, ALIGNED.probe_poll))
-        at = self.aligned_at
-        if at is not None and self.aligned:
-            until = min(until, at + ALIGNED.skew - now)
-        return max(0.0, until)
+        roll_at = self._roll_at()
+        if self._probing or self._flying:
+            poll = ALIGNED.probe_poll
+            return poll if roll_at is None else max(0.0, min(roll_at - now, poll))
+        assert roll_at is not None
+        return max(0.0, roll_at - now)
 
 
 class RatePacer:
@@ -632,7 +693,7 @@ class RatePacer:
         if self._bucket is not None:
             self._bucket.take(now)
         self.sends += 1
-        self._quota.take(now)
+        self._quota.take(now, self.sends)
         sent = self._sent
         sent[self.sends] = now
         horizon = now - self._rule.fit_window
@@ -644,9 +705,13 @@ class RatePacer:
         """Give back what :meth:`take` spent for a send that did not go after all (the gate
         closed while it waited for its permit)."""
         self._sent.pop(self.sends, None)
+        self._quota.untake(self.sends)
         self.sends -= 1
-        if self._quota.left is not None:
-            self._quota.left += 1
+
+    def forget(self, seq: int) -> None:
+        """Send ``seq`` ended without an answer read (a transport error, a cancellation):
+        no longer in flight. Idempotent, so a release may always call it."""
+        self._quota.ended(seq)
 
     def gate_wait(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
@@ -698,11 +763,18 @@ class RatePacer:
             if quota.rate is not None:
                 self._announced = quota.rate
             count.roll(now, self.sends)
-            spent = count.spent()
+            held = count.holding()
             count.answer(
-                quota, self.sends if seq is None else seq, self.sends, now, limited=rate_limited
+                quota,
+                self.sends if seq is None else seq,
+                now,
+                limited=rate_limited,
+                counted=seq is not None,
             )
-            closed = not spent and count.spent() and self._blocked_until <= now
+            closed = not held and count.holding() and self._blocked_until <= now
+        elif seq is not None:
+            count.roll(now, self.sends)
+            count.ended(seq)
         if rate_limited and count.reset_at is not None and count.left is not None:
             # Counting an announced quota, a 429 means it is spent sooner than counted (other
             # clients, a race): hold until the reset and the 429's own gate. The quota paces;

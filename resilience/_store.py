@@ -451,6 +451,8 @@ class _LocalAdmission:
         if not self._released:
             self._released = True
             self._state.users -= 1
+            if self._seq is not None:  # a paced send ended: it is not in flight any more
+                self._state.pacer.forget(self._seq)
         ticket = self._ticket
         if ticket is not None and not ticket.ended:  # reported: nothing left to abandon
             self._circuit().abandon(ticket)

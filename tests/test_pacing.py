@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from resilience._aligned import ALIGNED
 from resilience._pacing import PACING, QuotaCount, RatePacer
 from resilience._quota import Quota, parse_quota
 
@@ -282,9 +283,17 @@ def test_a_spent_quota_holds_sends_until_its_reset() -> None:
     assert pacer.active
     assert pacer.quota_left == 2
     assert pacer.delay() == 0
-    pacer.take()
-    pacer.take()
+    first, second = pacer.take(), pacer.take()
     assert pacer.quota_left == 0
+    # Spent, but two sends are in flight: it looks again shortly, until their answers say.
+    assert pacer.delay() == pytest.approx(ALIGNED.probe_poll)
+    pacer.on_response(
+        rate_limited=False, retry_after=None, epoch=0, quota=Quota(10, 1.0, 1, 0.5), seq=first
+    )
+    closed = pacer.on_response(
+        rate_limited=False, retry_after=None, epoch=0, quota=Quota(10, 1.0, 0, 0.5), seq=second
+    )
+    assert closed  # the gate a spent quota closes, once nothing is in flight
     assert pacer.delay() == pytest.approx(0.5)
     clock.now = 5.5  # the reset: the whole quota again
     assert pacer.delay() == 0
@@ -315,27 +324,81 @@ def test_sends_after_the_answer_are_taken_from_what_it_says_remains() -> None:
     assert pacer.quota_left == 4
 
 
+def test_answers_that_reach_the_server_out_of_order_lose_no_quota() -> None:
+    # Sends race to the server (across processes above all): send 2 is counted before
+    # send 1. Reading the answer to send 1 as counting only the sends before it would
+    # subtract send 2 twice; the count would hold 1 send of the window back for good.
+    count = QuotaCount()
+    count.answer(Quota(10, 1.0, 5, 1.0), seq=0, now=0.0)
+    for seq in (1, 2, 3):
+        count.take(0.0, seq)
+    count.answer(Quota(10, 1.0, 3, 1.0), seq=1, now=0.01)  # 2 was counted first
+    assert count.left == 1  # 3 less the two in flight (2 is counted, we cannot know yet)
+    count.answer(Quota(10, 1.0, 4, 1.0), seq=2, now=0.01)  # overtaken: says too much
+    assert count.left == 2  # the least remaining (3), less send 3 in flight
+    count.answer(Quota(10, 1.0, 2, 1.0), seq=3, now=0.01)
+    assert count.left == 2  # all answered: what the server says
+
+
+def test_a_send_that_ended_without_an_answer_stays_spent_and_leaves_flight() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock=clock)
+    pacer.on_response(rate_limited=False, retry_after=None, epoch=0, quota=Quota(9, 1.0, 2, 1))
+    first, second = pacer.take(), pacer.take()
+    pacer.on_response(
+        rate_limited=False, retry_after=None, epoch=0, quota=Quota(9, 1.0, 1, 1), seq=first
+    )
+    assert pacer.quota_left == 0  # 1, less the send in flight
+    assert pacer.delay() == pytest.approx(ALIGNED.probe_poll)  # its answer may give it back
+    pacer.forget(second)  # a transport error: the server may have counted it
+    assert pacer.quota_left == 0
+    assert pacer.delay() == pytest.approx(1.0)  # nothing in flight: held to the reset
+    pacer.forget(second)  # a release after that changes nothing
+    assert pacer.quota_left == 0
+
+
+def test_an_answer_without_rate_limit_headers_counts_its_send_as_spent() -> None:
+    pacer = RatePacer(clock=FakeClock())
+    pacer.on_response(rate_limited=False, retry_after=None, epoch=0, quota=Quota(9, 1.0, 3, 1))
+    first, _ = pacer.take(), pacer.take()
+    assert pacer.quota_left == 1
+    pacer.on_response(rate_limited=False, retry_after=None, epoch=0, seq=first)
+    assert pacer.quota_left == 1  # it was counted by the server, not given back
+
+
+def test_a_429_holds_its_window_whatever_later_answers_say() -> None:
+    count = QuotaCount()
+    count.answer(Quota(10, 1.0, 5, 1.0), seq=0, now=0.0)
+    for seq in (1, 2):
+        count.take(0.0, seq)
+    count.ended(2)
+    count.throttled(2)
+    count.answer(Quota(10, 1.0, 4, 1.0), seq=1, now=0.01)  # counted before the 429
+    assert count.left == 0
+    assert count.spent()
+
+
 def test_within_a_window_the_count_only_goes_down() -> None:
     count = QuotaCount()
-    count.answer(Quota(10, None, 5, 1.0), seq=5, sends=5, now=0.0)
-    count.answer(Quota(10, None, 8, 1.0), seq=6, sends=6, now=0.1)  # overtaken by later ones
+    count.answer(Quota(10, None, 5, 1.0), seq=5, now=0.0)
+    count.answer(Quota(10, None, 8, 1.0), seq=6, now=0.1)  # overtaken by later ones
     assert count.left == 5
 
 
 def test_the_earliest_reset_named_in_a_window_wins() -> None:
     # Whole-second resets are rounded up: the earliest is the tightest.
     count = QuotaCount()
-    count.answer(Quota(10, None, 5, 1.0), seq=1, sends=1, now=0.0)
-    count.answer(Quota(10, None, 4, 1.0), seq=2, sends=2, now=0.3)
+    count.answer(Quota(10, None, 5, 1.0), seq=1, now=0.0)
+    count.answer(Quota(10, None, 4, 1.0), seq=2, now=0.3)
     assert count.reset_at == pytest.approx(1.0)
 
 
 def test_answers_to_sends_before_a_reset_do_not_count_in_the_next_window() -> None:
     count = QuotaCount()
-    count.answer(Quota(10, 1.0, 0, 0.5), seq=3, sends=3, now=0.0)
+    count.answer(Quota(10, 1.0, 0, 0.5), seq=3, now=0.0)
     count.roll(0.6, sends=3)
     assert count.left == 10
-    count.answer(Quota(10, 1.0, 0, 0.0), seq=3, sends=3, now=0.6)  # late, from the old window
+    count.answer(Quota(10, 1.0, 0, 0.0), seq=3, now=0.6)  # late, from the old window
     assert count.left == 10
     assert count.reset_at == pytest.approx(1.5)  # the next window, from the announced length
 
@@ -352,8 +415,10 @@ def test_a_long_window_is_not_predicted_so_our_own_count_cannot_hold_the_origin(
     clock.now = 2.0
     for _ in range(5):
         assert pacer.delay() == 0.0
-        pacer.take()
-        pacer.on_response(rate_limited=False, retry_after=None, epoch=0)
+        seq = pacer.take()
+        # spent while its answer is out (that answer would name the next reset)
+        assert pacer.delay() == pytest.approx(ALIGNED.probe_poll)
+        pacer.on_response(rate_limited=False, retry_after=None, epoch=0, seq=seq)
     assert pacer.delay() == 0.0  # counted from the limit, but no reset named: never held
 
 
@@ -361,17 +426,19 @@ def test_with_no_window_announced_the_next_window_is_counted_from_the_limit() ->
     # No reset is predicted, but sends keep their numbers: the first answers of the new window
     # are corrected for the sends in flight (uncounted, they were read as the latest).
     count = QuotaCount()
-    count.answer(Quota(10, None, 0, 0.5), seq=3, sends=3, now=0.0)
+    count.answer(Quota(10, None, 0, 0.5), seq=3, now=0.0)
     count.roll(0.6, sends=3)
     assert (count.left, count.reset_at) == (10, None)
     assert not count.spent()  # no reset named: our own count holds nothing
-    count.answer(Quota(10, None, 9, 1.0), seq=4, sends=9, now=0.61)  # 5 more in flight
+    for seq in range(4, 10):
+        count.take(0.6, seq)
+    count.answer(Quota(10, None, 9, 1.0), seq=4, now=0.61)  # 5 more in flight
     assert count.left == 4
 
 
 def test_a_minute_window_is_still_predicted() -> None:
     count = QuotaCount()
-    count.answer(Quota(10, 60.0, 0, 0.5), seq=1, sends=1, now=0.0)
+    count.answer(Quota(10, 60.0, 0, 0.5), seq=1, now=0.0)
     count.roll(0.6, sends=1)
     assert count.left == 10
     assert count.reset_at == pytest.approx(60.5)

@@ -245,6 +245,26 @@ def test_the_fleets_cut_for_a_whole_second_gate_is_the_rules(
 QUOTA_RUNS = [
     # an answer, then sends taken from what it says remains, then the reset
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.1), ("take", 0.1), ("roll", 1.0)],
+    # sends counted out of order (across processes): the least remaining, less those in
+    # flight, reckoned again at each answer
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0), ("take", 0.0),
+     ("answer", 0.01, 1, 3, 1.0, 10, 1.0), ("answer", 0.01, 2, 4, 1.0, 10, 1.0),
+     ("answer", 0.01, 3, 2, 1.0, 10, 1.0)],
+    # no window announced: after the reset the count holds while its answers are out
+    [("answer", 0.0, 0, 0, 0.5, 4, None), ("roll", 0.6), ("take", 0.7), ("take", 0.7),
+     ("take", 0.7), ("take", 0.7), ("take", 0.7), ("answer", 0.71, 1, 2, 0.5, 4, None),
+     ("answer", 0.72, 4, 0, 0.5, 4, None)],
+    # an answer with no count to a send of this window spends it; one to a send before the
+    # roll does not
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0),
+     ("answer", 0.01, 1, None, None, None, None), ("roll", 1.0), ("take", 1.0),
+     ("answer", 1.01, 3, 8, 1.0, 10, 1.0), ("answer", 1.01, 2, None, None, None, None)],
+    # the aligned end a little past the reset named: the roll waits for it
+    [("answer", 0.996, 0, 0, 1.0, 10, 1.0, 1.004, 0, 0), ("roll", 1.997), ("take", 1.997),
+     ("roll", 2.021), ("take", 2.021)],
+    # a 429 holds its window whatever answers to sends before it say
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0), ("throttled", 0.01),
+     ("answer", 0.01, 1, 4, 1.0, 10, 1.0)],
     # an answer overtaken by later ones says too much: the count only goes down
     [("answer", 0.0, 0, 5, 1.0, 10, None), ("take", 0.0), ("take", 0.0),
      ("answer", 0.1, 2, 2, 0.9, 10, None), ("answer", 0.1, 1, 4, 0.9, 10, None)],
@@ -284,6 +304,8 @@ QUOTA_RUNS = [
 @pytest.mark.parametrize("steps", QUOTA_RUNS)
 def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
     count, sends, expected = QuotaCount(), 0, []
+    flying: set[int] = set()  # counted sends not answered: the Lua is told which answers end one
+    lua_steps = []
     for step in steps:
         kind, now = step[0], step[1]
         count.roll(now, sends)
@@ -291,12 +313,17 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             seq, remaining, reset, limit, window = step[2:7]
             aligned, unaligned, limited = (*step[7:], None, 0, 0)[:3]
             quota = Quota(limit, window, remaining, reset, aligned, bool(unaligned))
-            count.answer(quota, seq or sends, sends, now, limited=bool(limited))
+            ended = seq in flying
+            flying.discard(seq)
+            count.answer(quota, seq or sends, now, limited=bool(limited), counted=bool(seq))
+            step = (*step[:7], aligned, unaligned, limited, int(ended))
         elif kind == "take" and count.left is not None:
-            count.take(now)
             sends += 1
+            count.take(now, sends)
+            flying.add(sends)
         elif kind == "throttled":
             count.throttled(sends)
+        lua_steps.append(step)
         reset_at = -1.0 if count.reset_at is None else round(count.reset_at * 1000, 3)
         wait = round(count.wait(now) * 1000, 3)
         expected += [-1 if count.left is None else count.left, reset_at, wait]
@@ -314,13 +341,12 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             "     local function ms(x)"
             "       if x == nil or x == cjson.null then return -1 end return x * 1000"
             "     end"
-            "     local un, lim = s[9] or 0, s[10] or 0"
-            "     quota_answer(q, seq, s[4], ms(s[5]), none(s[6]), ms(s[7]), now, ms(s[8]),"
-            "                  un, lim)"
+            "     quota_answer(q, seq, none(s[4]), ms(s[5]), none(s[6]), ms(s[7]), now, ms(s[8]),"
+            "                  s[9], s[10], s[11], 1000000)"
             "   elseif s[1] == 'take' and q.qleft then"
             "     quota_take(q, now) q.sends = q.sends + 1"
             "   elseif s[1] == 'throttled' then"
-            "     quota_throttled(q)"
+            "     quota_throttled(q, q.sends)"
             "   end"
             "   quota_save(key, q)"
             "   out[#out + 1] = q.qleft or -1 out[#out + 1] = q.qreset or -1"
@@ -328,7 +354,7 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             " end return cjson.encode(out)",
             1,
             key,
-            json.dumps(steps),
+            json.dumps(lua_steps),
         )
     )
     assert got == pytest.approx(expected)

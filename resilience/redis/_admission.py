@@ -66,7 +66,7 @@ class SharedAdmission:
             if not spent:
                 return
         store = self._store
-        kind, spent_quota = (1 if signal is Signal.CONCURRENCY else 2), ""
+        kind, spent_quota = (1 if signal is Signal.CONCURRENCY else 2), str(self.seq)
         if answer is not None:
             assert quota is not None
             kind, retry_after, spent_quota = 3, quota.reset, str(self._answer)
@@ -126,7 +126,11 @@ class SharedAdmission:
         if self.lease.released:
             return
         self.lease.released = True
-        self._store._return_lease(self.lease, self.origin, self._answer)
+        answer = self._answer
+        if self.seq and isinstance(answer, int):
+            # a counted send: its release tells the count it is no longer in flight
+            answer = f"{answer}|{self.seq}|-1|-1|-1|-1|-1|0"
+        self._store._return_lease(self.lease, self.origin, answer)
 
     async def wait_for_release(self, timeout: float) -> None:
         """Park until a permit frees anywhere in the fleet, or ``timeout``."""

@@ -66,6 +66,10 @@ if rv[3] and now - (tonumber(rv[5]) or 0) > IDLE_RESET_MS then
 end
 local q = quota_load(rkey)
 quota_roll(q, now)
+if q.qfly > 0 then
+  -- no more sends in flight than leases held: a crashed worker's expire, and so do its sends
+  q.qfly = math.min(q.qfly, redis.call('ZCARD', permits))
+end
 local counting = q.qleft ~= nil
 local blocked = tonumber(rv[1]) or 0
 local repoch = tonumber(rv[2]) or 0

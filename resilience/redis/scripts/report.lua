@@ -2,7 +2,8 @@
 -- ARGV: kind (1 = plan limit, 2 = rate limit, 3 = an announced quota spent: into the quota
 --       count at once, which holds the origin until its reset or aligned end) lease
 --       permit_epoch retry_after_ms rate_epoch
---       initial ceiling lease_ttl_ms state_ttl_ms [quota: the answer as the release carries it]
+--       initial ceiling lease_ttl_ms state_ttl_ms quota (kind 3: the answer as the release
+--       carries it; else the send's number in the quota count, 0: not counted)
 -- -> {old_limit, new_limit, gate_closed, pace_milli_rps (-1: not pacing)}
 local ctl, permits, order, wake, rkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = now_ms()
@@ -37,11 +38,14 @@ if kind == 3 then
   local _, a = quota_parse(ARGV[10])
   local closed = 0
   if a then
-    local open = quota_wait(q, now) <= 0 and p.blocked <= now
-    local seq = a[1]
+    -- a counted send is in flight until its release
+    local seq, mine = a[1], 0
+    if seq > 0 then mine = 1 end
+    local open = not quota_holding(q, mine) and p.blocked <= now
     if seq <= 0 then seq = q.sends end  -- sent before counting began: the latest
-    quota_answer(q, seq, a[2], a[3], a[4], a[5], now, a[6], a[7], 0)
-    if open and quota_wait(q, now) > 0 then closed = 1 end
+    -- its release takes it out of flight
+    quota_answer(q, seq, a[2], a[3], a[4], a[5], now, a[6], a[7], 0, 0, 0)
+    if open and quota_holding(q, mine) then closed = 1 end
     quota_save(rkey, q)
   end
   redis.call('PEXPIRE', rkey, state_ttl)
@@ -50,5 +54,5 @@ if kind == 3 then
   return {old, st.limit, closed, milli}
 end
 local closed, milli = rate_response(rkey, now, kind == 2, tonumber(ARGV[4]), tonumber(ARGV[5]),
-                                    state_ttl)
+                                    state_ttl, tonumber(ARGV[10]) or 0)
 return {old, st.limit, closed, milli}

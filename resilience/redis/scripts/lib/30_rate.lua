@@ -109,8 +109,9 @@ local function pace_costly(p, ok, span, rate, gate, reopen)
   return new_rate
 end
 
--- One response into the origin's gate and pacer (RatePacer.on_response, cheap gates' rule).
-local function rate_response(key, now, limited, retry_after, epoch_sent, state_ttl)
+-- One response (to send `seq` of the quota count, 0: not counted) into the origin's gate and
+-- pacer (RatePacer.on_response, cheap gates' rule).
+local function rate_response(key, now, limited, retry_after, epoch_sent, state_ttl, seq)
   local p = pacer_load(key)
   local rate = p.rate
   local w = window_load(key)
@@ -124,7 +125,7 @@ local function rate_response(key, now, limited, retry_after, epoch_sent, state_t
   if limited and q.qleft ~= nil and q.qreset ~= nil then
     -- counting an announced quota, a 429 means it is spent sooner than counted (other
     -- clients, a race): hold until the reset and the 429's own gate; nothing to discover
-    quota_throttled(q)
+    quota_throttled(q, seq)
     quota_save(key, q)
     if retry_after >= 0 then closed = pacer_close(p, now, now + retry_after) end
   elseif limited then

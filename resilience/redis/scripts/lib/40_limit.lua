@@ -35,7 +35,7 @@ end
 -- Return leases given as (lease id, answer) pairs from args[first] on, the answer being 0
 -- (none: a transport error), 1 (a success) or 2 (another answer that hit no limit), after
 -- feeding the answers in: aimd_grow for a success, the pacer for any answer, the quota count
--- for an answer that announced one (quota_parse).
+-- for an answer that announced one or for a counted send (quota_parse).
 -- Returns how many of the leases were still held.
 local function release_leases(st, permits, order, rkey, ceiling, args, first, now, state_ttl)
   local removed = 0
@@ -53,13 +53,14 @@ local function release_leases(st, permits, order, rkey, ceiling, args, first, no
           st.limit, st.growth, st.dirty = limit, growth, true
         end
       end
-      if answer > 0 then rate_response(rkey, now, false, -1, -1, state_ttl) end
+      if answer > 0 then rate_response(rkey, now, false, -1, -1, state_ttl, 0) end
       if quota then
         local q = quota_load(rkey)
         quota_roll(q, now)
-        local seq = quota[1]
-        if seq <= 0 then seq = q.sends end  -- sent before counting began: the latest
-        quota_answer(q, seq, quota[2], quota[3], quota[4], quota[5], now, quota[6], quota[7], 0)
+        local seq, counted = quota[1], 1
+        if seq <= 0 then seq, counted = q.sends, 0 end  -- sent before counting began: the latest
+        quota_answer(q, seq, quota[2], quota[3], quota[4], quota[5], now, quota[6], quota[7], 0,
+                     counted, redis.call('ZCARD', permits))
         quota_save(rkey, q)
       end
     end
