@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilience._aligned import ALIGNED
 from resilience._pacing import PACING, QuotaCount, RatePacer
@@ -544,3 +546,55 @@ def test_the_fit_waits_for_the_gate_to_open() -> None:
     assert fit is not None
     assert fit == pytest.approx(100.0, rel=0.1)
     assert pacer.rate == pytest.approx(PACING.hold * min(fit, cut))
+
+
+# Steps of the property below: send one (if the count allows), let one send in transit reach
+# the server, deliver one answer, or lose one send in transit (a transport error).
+_QUOTA_STEPS = st.lists(
+    st.tuples(st.sampled_from(["send", "arrive", "answer", "lose"]), st.integers(0, 10_000)),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(limit=st.integers(1, 30), used=st.integers(0, 30), steps=_QUOTA_STEPS)
+def test_the_count_never_over_sends_and_loses_nothing_whatever_the_order(
+    limit: int, used: int, steps: list[tuple[str, int]]
+) -> None:
+    # One window, our sends the only ones after the first answer: sends reach the server and
+    # their answers come back in any order. The count never lets more go than the server
+    # has left (no 429), and once every send is answered it says exactly what the server does.
+    used = min(used, limit)
+    count = QuotaCount()
+    count.answer(Quota(limit, 10.0, limit - used, 10.0), seq=0, now=0.0, counted=False)
+    counted = used  # the server's count
+    transit: list[int] = []  # sent, not yet at the server
+    arrived: list[tuple[int, int]] = []  # at the server: (send, remaining it answered)
+    seq, lost = 0, False
+    for kind, pick in steps:
+        if kind == "send" and not count.spent():
+            seq += 1
+            count.take(0.0, seq)
+            transit.append(seq)
+        elif kind == "arrive" and transit:
+            send = transit.pop(pick % len(transit))
+            assert counted < limit, "the count let a send go past the quota"
+            counted += 1
+            arrived.append((send, limit - counted))
+        elif kind == "answer" and arrived:
+            send, remaining = arrived.pop(pick % len(arrived))
+            count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+        elif kind == "lose" and transit:
+            count.ended(transit.pop(pick % len(transit)))
+            lost = True
+    for send in transit:  # the rest arrive and are answered in order
+        counted += 1
+        arrived.append((send, limit - counted))
+    for send, remaining in arrived:
+        assert remaining >= 0, "the count let a send go past the quota"
+        count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+    assert count.left is not None
+    if lost:
+        assert count.left <= limit - counted  # a lost send may have been counted: never more
+    else:
+        assert count.left == limit - counted  # nothing held back for good
