@@ -51,13 +51,26 @@ class Alignment:
     second, shows the server's clock is skewed: the hypothesis is dropped. It covers the
     answer's transit and our processing; finer skew is the probe's to find."""
     probe_poll: float = 0.005
-    """While the probe is out, the senders behind it look again this often (seconds)."""
+    """While the probe (or another counted send of a spent count) is out, the senders behind it
+    look again this often at first (seconds)."""
+    poll_growth: float = 0.25
+    """... and then every ``poll_growth`` of the time they have waited so far, so that a long
+    wait (a generation of seconds) costs a few dozen looks, not one every ``probe_poll``."""
+    poll_max: float = 1.0
+    """... but at least once a second."""
 
     def __post_init__(self) -> None:
-        for name in ("skew", "date_slack", "probe_poll"):
+        for name in ("skew", "date_slack", "probe_poll", "poll_max"):
             value = getattr(self, name)
             if not (isinstance(value, float | int) and 0 <= value <= 2):
                 raise ValueError(f"{name} must be a number of seconds in [0, 2], got {value!r}")
+        growth = self.poll_growth
+        if not (isinstance(growth, float | int) and 0 <= growth <= 1):
+            raise ValueError(f"poll_growth must be a share in [0, 1], got {growth!r}")
+
+    def poll(self, waited: float) -> float:
+        """Seconds until the next look, ``waited`` s into a wait for answers."""
+        return min(max(self.probe_poll, waited * self.poll_growth), self.poll_max)
 
     def judge(
         self, wall: float, reset: int, window: float | None, date: float | None

@@ -362,7 +362,8 @@ class QuotaCount:
 
     __slots__ = (
         "_coarse", "_early", "_ended", "_flying", "_fresh", "_last_take", "_least", "_probing",
-        "_rolled", "aligned", "aligned_at", "left", "limit", "reset_at", "window",
+        "_rolled", "_waiting_since", "aligned", "aligned_at", "left", "limit", "reset_at",
+        "window",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -372,6 +373,7 @@ class QuotaCount:
         self.reset_at: float | None = None
         self._least = 0  # the least remaining an answer in this window named
         self._flying: set[int] = set()  # counted sends not answered yet (by number)
+        self._waiting_since: float | None = None  # spent, waiting for answers since
         self._rolled = -1  # answers to sends up to this one belong to an older window
         self._fresh = True  # no answer yet in this window
         self.aligned = True  # the wall-clock alignment is not contradicted at this origin
@@ -553,14 +555,19 @@ class QuotaCount:
 
     def wait(self, now: float) -> float:
         """Seconds a spent quota holds the origin's sends: until the aligned boundary, or the
-        reset; while the probe or another counted send is out, a short look again (at most
-        until the roll)."""
+        reset; while the probe or another counted send is out, a look again (``probe_poll`` at
+        first, less often the longer the wait: ``Alignment.poll``; at most until the roll)."""
         if not self.spent():
+            self._waiting_since = None
             return 0.0
         roll_at = self._roll_at()
         if self._probing or self._flying:
-            poll = ALIGNED.probe_poll
+            since = self._waiting_since
+            if since is None:
+                since = self._waiting_since = now
+            poll = ALIGNED.poll(now - since)
             return poll if roll_at is None else max(0.0, min(roll_at - now, poll))
+        self._waiting_since = None
         assert roll_at is not None
         return max(0.0, roll_at - now)
 

@@ -62,6 +62,24 @@ def test_bad_alignment_constants_are_rejected() -> None:
         Alignment(skew=-0.1)
     with pytest.raises(ValueError, match="probe_poll"):
         Alignment(probe_poll=3.0)
+    with pytest.raises(ValueError, match="poll_growth"):
+        Alignment(poll_growth=1.5)
+    with pytest.raises(ValueError, match="poll_max"):
+        Alignment(poll_max=-1.0)
+
+
+def test_a_long_wait_for_answers_looks_again_less_often() -> None:
+    # A spent count whose sends are out (a generation of 30 s): a few dozen looks, not 6,000.
+    count = QuotaCount()
+    count.answer(Quota(10, 60.0, 1, 60.0), seq=0, now=0.0, counted=False)
+    count.take(0.0, 1)
+    now, looks = 0.0, 0
+    while now < 30.0:
+        now += count.wait(now)
+        looks += 1
+    assert ALIGNED.poll(0.0) == ALIGNED.probe_poll
+    assert ALIGNED.poll(100.0) == ALIGNED.poll_max
+    assert looks < 60
 
 
 @pytest.mark.parametrize("style", ["ietf", "ietf-old", "x"])

@@ -250,6 +250,9 @@ QUOTA_RUNS = [
     [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0), ("take", 0.0),
      ("answer", 0.01, 1, 3, 1.0, 10, 1.0), ("answer", 0.01, 2, 4, 1.0, 10, 1.0),
      ("answer", 0.01, 3, 2, 1.0, 10, 1.0)],
+    # a long wait for answers looks again less and less often (Alignment.poll)
+    [("answer", 0.0, 0, 1, 5.0, 10, None), ("take", 0.0), ("roll", 0.004), ("roll", 0.1),
+     ("roll", 0.5), ("roll", 3.0), ("roll", 4.9), ("answer", 4.95, 1, 0, 0.05, 10, None)],
     # no window announced: after the reset the count holds while its answers are out
     [("answer", 0.0, 0, 0, 0.5, 4, None), ("roll", 0.6), ("take", 0.7), ("take", 0.7),
      ("take", 0.7), ("take", 0.7), ("take", 0.7), ("answer", 0.71, 1, 2, 0.5, 4, None),
@@ -348,9 +351,9 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
             "   elseif s[1] == 'throttled' then"
             "     quota_throttled(q, q.sends)"
             "   end"
-            "   quota_save(key, q)"
             "   out[#out + 1] = q.qleft or -1 out[#out + 1] = q.qreset or -1"
             "   out[#out + 1] = quota_wait(q, now)"
+            "   quota_save(key, q)"
             " end return cjson.encode(out)",
             1,
             key,

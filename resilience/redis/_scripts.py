@@ -48,6 +48,8 @@ def constants(rule: PacingRule = PACING, aligned: Alignment = ALIGNED) -> dict[s
         "MAX_PREDICTED_WINDOW_MS": MAX_PREDICTED_WINDOW * 1000,
         "ALIGN_SKEW_MS": aligned.skew * 1000,
         "PROBE_POLL_MS": aligned.probe_poll * 1000,
+        "POLL_GROWTH": aligned.poll_growth,
+        "POLL_MAX_MS": aligned.poll_max * 1000,
     }
 
 

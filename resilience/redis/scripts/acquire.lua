@@ -96,7 +96,7 @@ if slot < 0 or gate > 0 then
     slot = repoch
   end
   if wait > 0 then
-    if q.qreset then quota_save(rkey, q) end
+    if counting or q.qreset then quota_save(rkey, q) end
     return reply({1, math.ceil(wait * 1000), 0, st.limit, slot, nworkers, paced, 0}, 0)
   end
 end
@@ -106,7 +106,7 @@ if ahead >= st.limit then
   local first = redis.call('ZRANGE', permits, 0, 0, 'WITHSCORES')
   local expiry = lease_ttl
   if first[2] then expiry = math.max(0, tonumber(first[2]) - now) end
-  if q.qreset then quota_save(rkey, q) end
+  if counting or q.qreset then quota_save(rkey, q) end
   return reply({2, math.ceil(expiry * 1000), 0, st.limit, slot, nworkers, paced, 0}, 0)
 end
 redis.call('ZADD', permits, now + lease_ttl, ARGV[1])

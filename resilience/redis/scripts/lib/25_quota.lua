@@ -1,7 +1,8 @@
 -- QuotaCount (resilience/_pacing.py): the announced quota of origin O, counted down by the
 -- fleet's sends between answers, in the origin's hash: qleft (sends left; absent: nothing to
 -- count), qreset (ms), qlimit, qwin (ms), qleast (the least remaining an answer in this
--- window named), qfly (counted sends whose answer is not in yet), qrolled (answers to sends
+-- window named), qfly (counted sends whose answer is not in yet), qwait (spent, waiting for
+-- answers since: ms), qrolled (answers to sends
 -- up to this one belong to an older window), qfresh (1: no answer yet in this window), sends
 -- (the fleet's send counter while counting); the wall-clock alignment
 -- (resilience/_aligned.py): qal (ms, where it places this window's end), qunal (1: contradicted
@@ -9,7 +10,8 @@
 -- was at the aligned end), qcoarse (1: a reset in this window was whole delta seconds), qlast
 -- (when the latest send was taken), qended (sends taken before the aligned end of a count
 -- not spent). Times in ms.
-local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qleast', 'qfly', 'qrolled', 'qfresh', 'sends',
+local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qleast', 'qfly', 'qwait', 'qrolled',
+                      'qfresh', 'sends',
                       'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast', 'qended'}
 
 local function quota_load(key)
@@ -155,14 +157,21 @@ local function quota_throttled(q, seq)
 end
 
 -- QuotaCount.wait -> ms a spent quota holds the origin: until the aligned end or the reset;
--- while the probe or another counted send is out, a short look again (at most until the roll)
+-- while the probe or another counted send is out, a look again (at most until the roll)
 local function quota_wait(q, now)
-  if not quota_spent(q) then return 0 end
+  if not quota_spent(q) then
+    q.qwait = nil
+    return 0
+  end
   local roll_at = quota_roll_at(q)
   if q.qprobe or q.qfly > 0 then
-    if roll_at == nil then return PROBE_POLL_MS end
-    return math.max(0, math.min(roll_at - now, PROBE_POLL_MS))
+    if q.qwait == nil then q.qwait = now end
+    -- Alignment.poll: PROBE_POLL_MS at first, then a share of the wait so far, at most POLL_MAX_MS
+    local poll = math.min(math.max(PROBE_POLL_MS, (now - q.qwait) * POLL_GROWTH), POLL_MAX_MS)
+    if roll_at == nil then return poll end
+    return math.max(0, math.min(roll_at - now, poll))
   end
+  q.qwait = nil
   return math.max(0, roll_at - now)
 end
 
