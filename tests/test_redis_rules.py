@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis import Redis
 
 from resilience._budget import RetryBudget, RetryBudgetSettings
@@ -306,6 +308,46 @@ QUOTA_RUNS = [
 
 @pytest.mark.parametrize("steps", QUOTA_RUNS)
 def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
+    _same_count(redis, steps)
+
+
+_RACE = st.lists(
+    st.tuples(st.sampled_from(["send", "arrive", "answer"]), st.integers(0, 10_000)),
+    max_size=80,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(limit=st.integers(1, 20), steps=_RACE)
+def test_the_fleets_count_is_the_same_whatever_the_order(
+    redis: Redis, limit: int, steps: list[tuple[str, int]]
+) -> None:
+    # The property test of test_pacing (sends reaching the server and their answers coming
+    # back in any order), replayed through the Lua: the same count after every step.
+    count, sends, counted = QuotaCount(), 0, 0
+    count.answer(Quota(limit, 10.0, limit, 10.0), seq=0, now=0.0, counted=False)
+    run: list[Any] = [("answer", 0.0, 0, limit, 10.0, limit, 10.0)]
+    transit: list[int] = []
+    arrived: list[tuple[int, int]] = []
+    for kind, pick in steps:
+        if kind == "send" and not count.spent():
+            sends += 1
+            count.take(0.0, sends)
+            transit.append(sends)
+            run.append(("take", 0.0))
+        elif kind == "arrive" and transit:
+            counted += 1
+            arrived.append((transit.pop(pick % len(transit)), limit - counted))
+        elif kind == "answer" and arrived:
+            send, remaining = arrived.pop(pick % len(arrived))
+            count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+            run.append(("answer", 0.0, send, remaining, 10.0, limit, 10.0))
+    _same_count(redis, run)
+
+
+def _same_count(redis: Redis, steps: list[Any]) -> None:
     count, sends, expected = QuotaCount(), 0, []
     flying: set[int] = set()  # counted sends not answered: the Lua is told which answers end one
     lua_steps = []
