@@ -1,18 +1,17 @@
 -- QuotaCount (resilience/_pacing.py): the announced quota of origin O, counted down by the
 -- fleet's sends between answers, in the origin's hash: qleft (sends left; absent: nothing to
 -- count), qreset (ms), qlimit, qwin (ms), qleast (the least remaining an answer in this
--- window named), qfly (counted sends whose answer is not in yet), qwait (spent, waiting for
--- answers since: ms), qrolled (answers to sends
--- up to this one belong to an older window), qfresh (1: no answer yet in this window), sends
--- (the fleet's send counter while counting); the wall-clock alignment
--- (resilience/_aligned.py): qal (ms, where it places this window's end), qunal (1: contradicted
--- at this origin, for good), qprobe (1: rolled, its probe not answered), qearly (1: the roll
--- was at the aligned end), qcoarse (1: a reset in this window was whole delta seconds), qlast
--- (when the latest send was taken), qended (sends taken before the aligned end of a count
--- not spent). Times in ms.
+-- window named), qfly (counted sends whose answer is not in yet: leases not released),
+-- qwait (spent, waiting for answers since), qrolled (answers to sends up to this one belong
+-- to an older window), qfresh (1: no answer yet in this window), sends (the fleet's send
+-- counter while counting); the wall-clock alignment (resilience/_aligned.py): qal (where it
+-- places this window's end), qunal (1: contradicted at this origin, for good), qprobe (1:
+-- rolled, its probe not answered), qearly (1: the roll was at the aligned end), qcoarse (1: a
+-- reset in this window was whole delta seconds), qlast (when the latest send was taken),
+-- qended (sends taken before the aligned end of a count not spent). Times in ms.
 local QUOTA_FIELDS = {'qleft', 'qreset', 'qlimit', 'qwin', 'qleast', 'qfly', 'qwait', 'qrolled',
-                      'qfresh', 'sends',
-                      'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast', 'qended'}
+                      'qfresh', 'sends', 'qal', 'qunal', 'qprobe', 'qearly', 'qcoarse', 'qlast',
+                      'qended'}
 
 local function quota_load(key)
   local q = hash_load(key, QUOTA_FIELDS)
