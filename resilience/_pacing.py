@@ -766,10 +766,11 @@ class RatePacer:
                 self._burst_span = now - self._burst_since
         closed = False
         count = self._quota
+        if quota is not None or seq is not None:
+            count.roll(now, self.sends)
         if quota is not None:
             if quota.rate is not None:
                 self._announced = quota.rate
-            count.roll(now, self.sends)
             held = count.holding()
             count.answer(
                 quota,
@@ -780,7 +781,6 @@ class RatePacer:
             )
             closed = not held and count.holding() and self._blocked_until <= now
         elif seq is not None:
-            count.roll(now, self.sends)
             count.ended(seq)
         if rate_limited and count.reset_at is not None and count.left is not None:
             # Counting an announced quota, a 429 means it is spent sooner than counted (other

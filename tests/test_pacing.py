@@ -359,6 +359,20 @@ def test_a_send_that_ended_without_an_answer_stays_spent_and_leaves_flight() -> 
     assert pacer.quota_left == 0
 
 
+def test_a_send_of_the_old_window_that_ends_unanswered_spends_nothing_of_the_new() -> None:
+    count = QuotaCount()
+    count.answer(Quota(10, 1.0, 5, 1.0), seq=0, now=0.0, counted=False)
+    count.take(0.5, 1)  # in flight when the window rolls
+    count.roll(1.0, sends=1)
+    count.take(1.0, 2)
+    count.take(1.0, 3)
+    count.answer(Quota(10, 1.0, 8, 1.0), seq=3, now=1.01)  # counted after send 2
+    assert count.left == 6  # 8, less sends 1 and 2 in flight (1 may count in this window)
+    count.ended(1)  # a transport error: if counted, then in the old window
+    count.answer(Quota(10, 1.0, 9, 1.0), seq=2, now=1.01)
+    assert count.left == 8  # what the server says (not 7)
+
+
 def test_an_answer_without_rate_limit_headers_counts_its_send_as_spent() -> None:
     pacer = RatePacer(clock=FakeClock())
     pacer.on_response(rate_limited=False, retry_after=None, epoch=0, quota=Quota(9, 1.0, 3, 1))
@@ -550,31 +564,36 @@ def test_the_fit_waits_for_the_gate_to_open() -> None:
 
 # Steps of the property below: send one (if the count allows), let one send in transit reach
 # the server, deliver one answer, or lose one send in transit (a transport error).
-_QUOTA_STEPS = st.lists(
+QUOTA_RACE = st.lists(
     st.tuples(st.sampled_from(["send", "arrive", "answer", "lose"]), st.integers(0, 10_000)),
     max_size=120,
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(limit=st.integers(1, 30), used=st.integers(0, 30), steps=_QUOTA_STEPS)
-def test_the_count_never_over_sends_and_loses_nothing_whatever_the_order(
+def race(
     limit: int, used: int, steps: list[tuple[str, int]]
-) -> None:
-    # One window, our sends the only ones after the first answer: sends reach the server and
-    # their answers come back in any order. The count never lets more go than the server
-    # has left (no 429), and once every send is answered it says exactly what the server does.
-    used = min(used, limit)
+) -> tuple[QuotaCount, list[Any], int, bool]:
+    """One window of ``limit``, ``used`` of it before our first answer, then our sends only:
+    they reach the server and their answers come back in the order ``steps`` picks, and the
+    rest in order at the end. Returns the count, the steps as ``test_redis_rules`` replays
+    them through the Lua, the server's count, and whether a send was lost in transit."""
     count = QuotaCount()
     count.answer(Quota(limit, 10.0, limit - used, 10.0), seq=0, now=0.0, counted=False)
+    replay: list[Any] = [("answer", 0.0, 0, limit - used, 10.0, limit, 10.0)]
     counted = used  # the server's count
     transit: list[int] = []  # sent, not yet at the server
     arrived: list[tuple[int, int]] = []  # at the server: (send, remaining it answered)
     seq, lost = 0, False
+
+    def answer(send: int, remaining: int | None) -> None:
+        count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+        replay.append(("answer", 0.0, send, remaining, 10.0, limit, 10.0))
+
     for kind, pick in steps:
         if kind == "send" and not count.spent():
             seq += 1
             count.take(0.0, seq)
+            replay.append(("take", 0.0))
             transit.append(seq)
         elif kind == "arrive" and transit:
             send = transit.pop(pick % len(transit))
@@ -582,17 +601,27 @@ def test_the_count_never_over_sends_and_loses_nothing_whatever_the_order(
             counted += 1
             arrived.append((send, limit - counted))
         elif kind == "answer" and arrived:
-            send, remaining = arrived.pop(pick % len(arrived))
-            count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+            answer(*arrived.pop(pick % len(arrived)))
         elif kind == "lose" and transit:
-            count.ended(transit.pop(pick % len(transit)))
+            answer(transit.pop(pick % len(transit)), None)  # no count read: it stays spent
             lost = True
-    for send in transit:  # the rest arrive and are answered in order
+    for send in transit:
+        assert counted < limit, "the count let a send go past the quota"
         counted += 1
         arrived.append((send, limit - counted))
     for send, remaining in arrived:
-        assert remaining >= 0, "the count let a send go past the quota"
-        count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
+        answer(send, remaining)
+    return count, replay, counted, lost
+
+
+@settings(max_examples=300, deadline=None)
+@given(limit=st.integers(1, 30), used=st.integers(0, 30), steps=QUOTA_RACE)
+def test_the_count_never_over_sends_and_loses_nothing_whatever_the_order(
+    limit: int, used: int, steps: list[tuple[str, int]]
+) -> None:
+    # The count never lets more go than the server has left (no 429, asserted in race()), and
+    # once every send is answered it says exactly what the server does.
+    count, _, counted, lost = race(limit, min(used, limit), steps)
     assert count.left is not None
     if lost:
         assert count.left <= limit - counted  # a lost send may have been counted: never more

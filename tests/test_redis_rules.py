@@ -24,6 +24,7 @@ from resilience._pacing import PACING, QuotaCount, RatePacer
 from resilience._quota import Quota
 from resilience.redis._scripts import constants, library, source
 from tests.redis_server import RedisServer
+from tests.test_pacing import QUOTA_RACE, race
 
 
 class FakeClock:
@@ -259,11 +260,13 @@ QUOTA_RUNS = [
     [("answer", 0.0, 0, 0, 0.5, 4, None), ("roll", 0.6), ("take", 0.7), ("take", 0.7),
      ("take", 0.7), ("take", 0.7), ("take", 0.7), ("answer", 0.71, 1, 2, 0.5, 4, None),
      ("answer", 0.72, 4, 0, 0.5, 4, None)],
-    # an answer with no count to a send of this window spends it; one to a send before the
-    # roll does not
-    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0),
-     ("answer", 0.01, 1, None, None, None, None), ("roll", 1.0), ("take", 1.0),
-     ("answer", 1.01, 3, 8, 1.0, 10, 1.0), ("answer", 1.01, 2, None, None, None, None)],
+    # an answer with no count to a send of this window spends it (an earlier-counted answer
+    # read after it cannot give it back); one to a send before the roll does not
+    [("answer", 0.0, 0, 5, 1.0, 10, 1.0), ("take", 0.0), ("take", 0.0), ("take", 0.0),
+     ("answer", 0.01, 2, 3, 1.0, 10, 1.0), ("answer", 0.01, 3, None, None, None, None),
+     ("answer", 0.01, 1, 4, 1.0, 10, 1.0), ("take", 0.02), ("roll", 1.0), ("take", 1.0),
+     ("take", 1.0), ("answer", 1.01, 5, 9, 1.0, 10, 1.0),
+     ("answer", 1.01, 4, None, None, None, None), ("answer", 1.01, 6, 9, 1.0, 10, 1.0)],
     # the aligned end a little past the reset named: the roll waits for it
     [("answer", 0.996, 0, 0, 1.0, 10, 1.0, 1.004, 0, 0), ("roll", 1.997), ("take", 1.997),
      ("roll", 2.021), ("take", 2.021)],
@@ -311,40 +314,17 @@ def test_the_quota_count_is_the_same(redis: Redis, steps: list[Any]) -> None:
     _same_count(redis, steps)
 
 
-_RACE = st.lists(
-    st.tuples(st.sampled_from(["send", "arrive", "answer"]), st.integers(0, 10_000)),
-    max_size=80,
-)
-
-
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(limit=st.integers(1, 20), steps=_RACE)
+@given(limit=st.integers(1, 20), used=st.integers(0, 20), steps=QUOTA_RACE)
 def test_the_fleets_count_is_the_same_whatever_the_order(
-    redis: Redis, limit: int, steps: list[tuple[str, int]]
+    redis: Redis, limit: int, used: int, steps: list[tuple[str, int]]
 ) -> None:
-    # The property test of test_pacing (sends reaching the server and their answers coming
-    # back in any order), replayed through the Lua: the same count after every step.
-    count, sends, counted = QuotaCount(), 0, 0
-    count.answer(Quota(limit, 10.0, limit, 10.0), seq=0, now=0.0, counted=False)
-    run: list[Any] = [("answer", 0.0, 0, limit, 10.0, limit, 10.0)]
-    transit: list[int] = []
-    arrived: list[tuple[int, int]] = []
-    for kind, pick in steps:
-        if kind == "send" and not count.spent():
-            sends += 1
-            count.take(0.0, sends)
-            transit.append(sends)
-            run.append(("take", 0.0))
-        elif kind == "arrive" and transit:
-            counted += 1
-            arrived.append((transit.pop(pick % len(transit)), limit - counted))
-        elif kind == "answer" and arrived:
-            send, remaining = arrived.pop(pick % len(arrived))
-            count.answer(Quota(limit, 10.0, remaining, 10.0), seq=send, now=0.0)
-            run.append(("answer", 0.0, send, remaining, 10.0, limit, 10.0))
-    _same_count(redis, run)
+    # test_pacing's property schedules (sends reaching the server and their answers coming
+    # back in any order, some lost), replayed through the Lua: the same count after each step.
+    _, replay, _, _ = race(limit, min(used, limit), steps)
+    _same_count(redis, replay)
 
 
 def _same_count(redis: Redis, steps: list[Any]) -> None:

@@ -330,6 +330,29 @@ async def test_an_announced_quota_is_counted_down_by_the_whole_fleet(
         admission.release()
 
 
+async def test_a_counted_send_that_fails_leaves_the_fleets_count_and_stays_spent(
+    server: RedisServer, raw: Redis, namespace: str
+) -> None:
+    # Another origin's request stays in flight throughout, so the leases held are no bound on
+    # this origin's sends in flight: the failed send's release must take it out of flight.
+    async with RedisStore.from_url(server.url, namespace=namespace) as store:
+        other = await store.admit("http://other.test", None)
+        first = await store.admit(ORIGIN, None)
+        await first.report(Feedback(Signal.SUCCESS, quota=Quota(10, None, 5, 60.0)))
+        first.release()
+        await store.drain()
+        sends = [await store.admit(ORIGIN, None) for _ in range(3)]
+        sends[0].release()  # a transport error: no answer, maybe counted by the server
+        await sends[1].report(Feedback(Signal.SUCCESS, quota=Quota(10, None, 4, 60.0)))
+        sends[1].release()
+        await store.drain()
+        key = f"resilience:{{{namespace}}}:rate:{ORIGIN}"
+        # 4 remaining, the failed send spent, the third still in flight
+        assert await raw.hmget(key, "qleft", "qleast", "qfly") == ["3", "4", "1"]
+        sends[2].release()
+        other.release()
+
+
 async def test_the_fleet_holds_a_spent_quota_to_its_aligned_end_then_lets_one_probe_go(
     server: RedisServer, namespace: str
 ) -> None:

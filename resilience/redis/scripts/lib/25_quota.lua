@@ -85,10 +85,10 @@ local function quota_probed(q, refilled)
   q.qfresh, q.qleft, q.qleast = 0, 0, 0
 end
 
--- QuotaCount._spend_unread: send `seq` left flight, its count not read: the server may have
--- counted it in this window (one sent before the roll counted in the old one)
-local function quota_spend_unread(q, seq)
-  if q.qfresh ~= 1 and seq > q.qrolled then q.qleast = math.max(0, (q.qleast or 0) - 1) end
+-- QuotaCount._spend_unread: a send of this window left flight, its count not read: the server
+-- may have counted it (quota_answer has returned before for a send of an older window)
+local function quota_spend_unread(q)
+  if q.qfresh ~= 1 then q.qleast = math.max(0, (q.qleast or 0) - 1) end
 end
 
 -- QuotaCount.answer: an answer to send `seq` (limited: 1 for a 429) announced `remaining`
@@ -110,7 +110,7 @@ local function quota_answer(q, seq, remaining, reset, limit, win, now, aligned, 
   end
   if q.qprobe and (limited == 1 or remaining >= 0) then quota_probed(q, limited ~= 1) end
   if remaining < 0 then
-    if counted == 1 then quota_spend_unread(q, seq) end
+    if counted == 1 then quota_spend_unread(q) end
     return
   end
   if q.qfresh ~= 1 then remaining = math.min(q.qleast, remaining) end
